@@ -1,0 +1,62 @@
+"""The only module that touches the network: one POST, classified once into a Completion or a typed error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from .config import Secret
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    status_error_class,
+)
+from .records import Completion
+from .response import parse_completion, parse_error_body
+from .retry import retry_after_seconds
+
+_HINTS = {
+    401: "check the API key in the environment variable named by --api-key-env",
+    403: "the key is not allowed to use this model or endpoint",
+    404: "check --base-url (it should end in /v1) and --model",
+}
+
+
+class ChatClient:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: Secret | None, timeout: float):
+        self._session = session
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key.reveal()}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout_seconds = timeout
+
+    async def complete(self, body: bytes) -> Completion:
+        """Send one already-encoded request; no retries here (see retry.RetryPolicy)."""
+        try:
+            async with self._session.post(self.url, data=body, headers=self._headers, timeout=self._timeout) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    raise self._status_error(response, raw)
+        except asyncio.TimeoutError:
+            raise APITimeoutError(f"no answer from {self.url} within {self.timeout_seconds:g} s (raise --timeout if the provider is slow)") from None
+        except aiohttp.ClientError as e:
+            raise APIConnectionError(f"connection to {self.url} failed: {type(e).__name__}: {e}") from None
+        return parse_completion(raw)
+
+    def _status_error(self, response: aiohttp.ClientResponse, raw: bytes) -> APIStatusError:
+        message, code = parse_error_body(raw)
+        hint = _HINTS.get(response.status)
+        text = f"HTTP {response.status} from the provider: {message}" + (f" ({hint})" if hint else "")
+        should_retry = response.headers.get("x-should-retry")
+        return status_error_class(response.status)(
+            text,
+            status=response.status,
+            request_id=response.headers.get("x-request-id"),
+            retry_after=retry_after_seconds(response.headers),
+            should_retry={"true": True, "false": False}.get((should_retry or "").lower()),
+            code=code,
+        )

@@ -1,0 +1,183 @@
+"""One frozen job configuration, built at the edge from flags, environment, job file and defaults.
+
+Precedence: flag > environment > job file > built-in default. The API key is
+read from the environment only (never from a file or a flag) and is wrapped in
+`Secret` so that no repr, log line or record can show it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_API_KEY_ENV = "ANYFAST_API_KEY"
+FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
+
+# Options that an environment variable may set.
+ENVIRONMENT = {"base_url": "CAPTION_BASE_URL", "model": "CAPTION_MODEL"}
+
+
+class Secret:
+    """A string that never shows itself: repr, str and f-strings print stars."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    manifest: Path | None = None
+    output: Path | None = None
+    base_url: str = "https://www.anyfast.ai/v1"
+    model: str = "claude-sonnet-4-20250514"
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    prompt: str = "Describe this image in one or two sentences for a dataset caption."
+    system: str | None = None
+    max_tokens: int = 300
+    temperature: float | None = None
+    concurrency: int = 16
+    max_retries: int = 6
+    timeout: float = 120.0
+    limit: int | None = None
+    dry_run: bool = False
+    api_key: Secret | None = None
+
+    def redact(self, text: str) -> str:
+        """Remove the API key from a text that came from elsewhere (a server body, an exception)."""
+        if self.api_key and self.api_key.reveal():
+            return text.replace(self.api_key.reveal(), "***")
+        return text
+
+    def public_options(self) -> dict[str, Any]:
+        """The effective options, safe to log or record (no key)."""
+        return {
+            f.name: (str(getattr(self, f.name)) if isinstance(getattr(self, f.name), Path) else getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "api_key"
+        }
+
+
+OPTION_NAMES = frozenset(f.name for f in fields(JobConfig)) - {"api_key"}
+PATH_OPTIONS = ("manifest", "output")
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    job_file: str | os.PathLike | None = None,
+) -> JobConfig:
+    """Merge the layers, check every value, and look up the API key."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if job_file is not None:
+        values.update(read_job_file(Path(job_file)))
+    for option, variable in ENVIRONMENT.items():
+        if environ.get(variable):
+            values[option] = environ[variable]
+    values.update({k: v for k, v in flags.items() if v is not None})
+    unknown = set(values) - OPTION_NAMES
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+
+    checked = _check(values)
+    if checked.get("manifest") is None:
+        raise ConfigError("no manifest given: pass MANIFEST (a CSV, JSONL, Parquet, .txt file or a folder) or set `manifest` in the job file")
+    if checked.get("output") is None:
+        checked["output"] = Path("output") / f"{Path(checked['manifest']).stem or 'captions'}.parquet"
+    config = JobConfig(**checked)
+    key = _find_api_key(config.api_key_env, environ)
+    if key is None and not config.dry_run:
+        raise ConfigError(_missing_key_message(config.api_key_env))
+    return JobConfig(**{**checked, "api_key": Secret(key) if key else None})
+
+
+def read_job_file(path: Path) -> dict[str, Any]:
+    """A TOML job file; relative paths in it are relative to the file's own folder, so cron's cwd does not matter."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"job file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read job file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"job file {path} is not valid TOML: {e}") from None
+    if "api_key" in data:
+        raise ConfigError(f"job file {path} sets api_key: keys never go in files; set api_key_env to the name of an environment variable instead")
+    unknown = set(data) - OPTION_NAMES
+    if unknown:
+        raise ConfigError(f"job file {path}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(OPTION_NAMES))}")
+    for option in PATH_OPTIONS:
+        if isinstance(data.get(option), str):
+            data[option] = path.parent / Path(data[option]).expanduser()
+    return data
+
+
+def _find_api_key(variable: str, environ: Mapping[str, str]) -> str | None:
+    key = environ.get(variable)
+    if not key and variable == DEFAULT_API_KEY_ENV:
+        key = environ.get(FALLBACK_API_KEY_ENV)
+    return key or None
+
+
+def _missing_key_message(variable: str) -> str:
+    also = f" (or {FALLBACK_API_KEY_ENV})" if variable == DEFAULT_API_KEY_ENV else ""
+    return f"no API key: set the environment variable {variable}{also}, or name another variable with --api-key-env"
+
+
+def _check(values: dict[str, Any]) -> dict[str, Any]:
+    """Coerce and validate each value; a wrong one is a ConfigError naming the option."""
+    out = dict(values)
+
+    def number(name: str, kind: type, minimum: float, maximum: float | None = None) -> None:
+        if out.get(name) is None:
+            return
+        raw = out[name]
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name.replace('_', '-')} must be a {'whole ' if kind is int else ''}number, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise ConfigError(f"{name.replace('_', '-')} must be {bound}, got {raw!r}")
+        out[name] = value
+
+    number("max_tokens", int, 1)
+    number("temperature", float, 0, 2)
+    number("concurrency", int, 1, 10_000)
+    number("max_retries", int, 0, 100)
+    number("timeout", float, 0.1)
+    number("limit", int, 0)
+    for name in ("base_url", "model", "api_key_env", "prompt", "system"):
+        if out.get(name) is not None and not isinstance(out[name], str):
+            raise ConfigError(f"{name.replace('_', '-')} must be text, got {out[name]!r}")
+    if out.get("base_url") and not out["base_url"].startswith(("http://", "https://")):
+        raise ConfigError(f"base-url must start with http:// or https://, got {out['base_url']!r}")
+    if out.get("prompt") == "":
+        raise ConfigError("prompt must not be empty")
+    if "dry_run" in out and not isinstance(out["dry_run"], bool):
+        raise ConfigError(f"dry_run must be true or false, got {out['dry_run']!r}")
+    for option in PATH_OPTIONS:
+        if out.get(option) is not None:
+            out[option] = Path(out[option]).expanduser()
+    return out

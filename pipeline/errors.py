@@ -1,0 +1,166 @@
+"""Every failure the job knows, as a short typed hierarchy.
+
+Two families:
+- errors that stop the job before or during the run (ConfigError, ManifestError,
+  AuthenticationError via RunAborted), each mapped to a documented exit code;
+- errors that belong to one row (ImageError, APIError). They become an output
+  row with `status='error'`, `error_type` and a message a person can act on.
+
+Every class has a stable `error_type` string: it is what lands in the output
+column and what a cron alert or a notebook filters on.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README.
+EXIT_OK = 0
+EXIT_ROWS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+
+
+class PipelineError(Exception):
+    error_type = "error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- errors that stop the job -------------------------------------------------
+
+
+class ConfigError(PipelineError):
+    """Bad option, job file or environment; exit code 2."""
+
+    error_type = "config"
+
+
+class ManifestError(PipelineError):
+    """The manifest as a whole cannot be read; exit code 2."""
+
+    error_type = "manifest"
+
+
+# --- errors that belong to one manifest row -----------------------------------
+
+
+class RowError(PipelineError):
+    """A row-level failure: written as an error row, never stops the run."""
+
+
+class ManifestRowError(RowError):
+    """A manifest line that does not parse or has no image value."""
+
+    error_type = "invalid_manifest_row"
+
+
+class ImageError(RowError):
+    error_type = "image_error"
+
+
+class ImageMissingError(ImageError):
+    error_type = "image_missing"
+
+
+class ImageEmptyError(ImageError):
+    error_type = "image_empty"
+
+
+class ImageUnreadableError(ImageError):
+    error_type = "image_unreadable"
+
+
+class NotAnImageError(ImageError):
+    error_type = "not_an_image"
+
+
+class APIError(RowError):
+    """Anything that went wrong talking to the provider."""
+
+    error_type = "api_error"
+
+
+class APIConnectionError(APIError):
+    error_type = "connection_error"
+
+
+class APITimeoutError(APIError):
+    error_type = "timeout"
+
+
+class APIResponseError(APIError):
+    """A 200 answer whose body is unusable: not JSON, an error object, no choices, null content."""
+
+    error_type = "bad_response"
+
+
+class APIStatusError(APIError):
+    """A non-2xx answer. Subclasses are picked by `status_error_for`."""
+
+    error_type = "http_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        should_retry: bool | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.request_id = request_id
+        # Seconds the server asked us to wait (Retry-After / retry-after-ms), if any.
+        self.retry_after = retry_after
+        # The server's own word (`x-should-retry`), if it gave one.
+        self.should_retry = should_retry
+        # The provider's machine-readable error code, e.g. "insufficient_quota".
+        self.code = code
+
+
+class BadRequestError(APIStatusError):
+    error_type = "bad_request"
+
+
+class AuthenticationError(APIStatusError):
+    """401/403: every other request would fail the same way, so the run aborts."""
+
+    error_type = "auth_failed"
+
+
+class NotFoundError(APIStatusError):
+    error_type = "not_found"
+
+
+class RateLimitError(APIStatusError):
+    error_type = "rate_limited"
+
+
+class ServerError(APIStatusError):
+    error_type = "server_error"
+
+
+def status_error_class(status: int) -> type[APIStatusError]:
+    if status in (401, 403):
+        return AuthenticationError
+    if status == 404:
+        return NotFoundError
+    if status == 429:
+        return RateLimitError
+    if status >= 500:
+        return ServerError
+    if status == 400:
+        return BadRequestError
+    return APIStatusError
+
+
+class RunAborted(PipelineError):
+    """The run stopped early on purpose; finished rows are kept. Exit code 3."""
+
+    error_type = "aborted"

@@ -1,0 +1,48 @@
+"""The values that flow between stages: manifest row -> prepared image -> completion -> result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    """One manifest entry, as the reader understood it.
+
+    `problem` is set when the entry cannot be captioned (no image value, a line
+    that does not parse); such a row still becomes exactly one error row.
+    """
+
+    line: int  # 1-based line (or record) number in the manifest, for messages
+    id: str
+    image: str  # the image value as written in the manifest
+    source: str  # absolute local path, or the http(s) URL
+    prompt: str | None = None  # per-row prompt override
+    extra: dict[str, Any] = field(default_factory=dict)  # passthrough columns
+    problem: str | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return self.source.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    """What goes into the request's `image_url.url`."""
+
+    url: str  # a data: URL for local files, the URL itself for remote images
+    mime: str | None = None  # sniffed from the content, None for pass-through URLs
+    sha256: str | None = None  # of the image bytes sent, None for pass-through URLs
+    num_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The useful part of a successful chat completion."""
+
+    caption: str
+    finish_reason: str | None
+    model: str | None
+    response_id: str | None
+    usage: dict[str, Any]

@@ -1,0 +1,104 @@
+"""The retry policy as small pure functions; tenacity only executes it.
+
+- `retry_after_seconds`: what the server asked for (`retry-after-ms`, or
+  `Retry-After` as seconds or an HTTP date).
+- `should_retry`: which failures are worth another attempt.
+- `backoff_seconds`: the server's advice when sane, else capped exponential
+  backoff with full jitter (a random wait in [0, min(cap, base * 2**n)]), so that
+  requests that failed together do not all come back at the same instant.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Mapping, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from .errors import APIConnectionError, APIResponseError, APIStatusError, APITimeoutError
+
+T = TypeVar("T")
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+# Longest server-advised wait we follow; past this we fall back to our own backoff.
+MAX_RETRY_AFTER = 60.0
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait, or None if it did not say (or said nonsense)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000
+        except ValueError:
+            value = None
+        if value is not None and value >= 0:
+            return value
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(raw) if _looks_like_date(raw) else None
+        if parsed is None or parsed.tzinfo is None:
+            return None
+        value = parsed.timestamp() - (time.time() if now is None else now)
+        return max(0.0, value)
+    return value if value >= 0 else None
+
+
+def _looks_like_date(raw: str) -> bool:
+    try:
+        return email.utils.parsedate_tz(raw) is not None
+    except (TypeError, ValueError):
+        return False
+
+
+def should_retry(error: BaseException) -> bool:
+    if isinstance(error, APIStatusError):
+        if error.should_retry is not None:  # the server's own word wins (x-should-retry)
+            return error.should_retry
+        if error.code == "insufficient_quota":  # money, not load: waiting will not help
+            return False
+        return error.status in RETRYABLE_STATUSES or error.status >= 500
+    return isinstance(error, (APIConnectionError, APITimeoutError, APIResponseError))
+
+
+def backoff_seconds(
+    retry_number: int,
+    retry_after: float | None = None,
+    *,
+    base: float = 0.5,
+    cap: float = 30.0,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Wait before retry number `retry_number` (1 for the first retry)."""
+    if retry_after is not None and 0 <= retry_after <= MAX_RETRY_AFTER:
+        return retry_after
+    return rng() * min(cap, base * 2 ** (retry_number - 1))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 6
+    base: float = 0.5
+    cap: float = 30.0
+
+    def wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        advised = getattr(error, "retry_after", None)
+        return backoff_seconds(state.attempt_number, advised, base=self.base, cap=self.cap)
+
+    async def run(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Call `attempt` until it succeeds, fails for good, or retries run out; re-raise the last error."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            retry=retry_if_exception(should_retry),
+            wait=self.wait,
+            reraise=True,
+        )
+        return await retrying(attempt)
