@@ -1,0 +1,636 @@
+"""An OpenAI-compatible vision chat-completions server for tests, demos and benchmarks.
+
+It answers like a provider (bearer auth, 400s for bad requests and undecodable
+images, usage counted the provider's way, SSE streaming) and misbehaves like
+one on demand: 429/5xx with Retry-After in its several spellings, dropped
+connections, requests that never finish, 200s whose body is useless. Faults
+come from seeded random rates, or from `fault_script`, which replays an exact
+sequence per image: the Nth request carrying an image gets the Nth entry.
+
+It listens on loopback only and never fetches from anywhere but loopback.
+Run it with `python -m pipeline.simulator --port 0`, or in-process with
+`serve_in_thread()`. Control endpoints: GET /_sim/stats, POST /_sim/config,
+POST /_sim/reset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Any, Iterator, NoReturn
+
+import aiohttp
+from aiohttp import web
+
+from pipeline.errors import EXIT_OK, EXIT_USAGE
+from pipeline.simulator_vision import (
+    LOOPBACK_HOSTS,
+    UndecodableImage,
+    UnreachableImage,
+    caption_image,
+    count_usage,
+    fit_caption,
+    image_bytes,
+)
+
+DEFAULT_MODEL = "claude-sonnet-4-20250514"
+RETRY_AFTER_FORMS = ("seconds", "http-date", "ms", "none")
+MALFORMED_VARIANTS = ("not_json", "error_object", "no_choices", "null_content")
+NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed"} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
+_MAX_BODY_BYTES = 50 * 1024 * 1024  # providers cap a request at tens of MB too
+_KEPT_BODIES = 1000
+_ROLES = frozenset({"system", "developer", "user", "assistant"})
+
+# status -> (error type, code, message) for scripted or random status faults.
+_STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", "invalid_value", "Invalid request (simulated)."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("permission_error", "permission_denied", "You are not allowed to use this model."),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist or you do not have access to it."),
+    408: ("timeout_error", None, "Request timed out."),
+    409: ("conflict_error", None, "The request conflicted with another request; try again."),
+    500: ("server_error", None, "The server had an error while processing your request. Sorry about that!"),
+    502: ("server_error", None, "Bad gateway."),
+    503: ("server_error", "overloaded", "The server is overloaded or not ready yet."),
+    529: ("overloaded_error", None, "Overloaded"),
+}
+
+
+@dataclass
+class SimulatorSettings:
+    """Every knob; all may change while the server runs (see `update`)."""
+
+    latency: float = 0.0  # seconds before answering
+    jitter: float = 0.0  # +/- seconds, uniform
+    rate_429: float = 0.0
+    rate_5xx: float = 0.0  # status drawn from 500, 502, 503, 529
+    rate_reset: float = 0.0  # close the socket without an answer
+    rate_hang: float = 0.0  # never answer (for hang_seconds)
+    rate_malformed: float = 0.0  # 200 with an unusable body
+    hang_seconds: float = 3600.0
+    retry_after: float = 1.0  # seconds, advertised by 429 and 503
+    retry_after_form: str = "seconds"  # one of RETRY_AFTER_FORMS
+    fault_script: list[str] = field(default_factory=list)
+    api_key: str | None = field(default=None, repr=False)  # None: any bearer token
+    model: str | None = None  # what GET /v1/models lists
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fault_script, str):
+            self.fault_script = self.fault_script.split(",") if self.fault_script else []
+        self.fault_script = [str(entry).strip().lower() for entry in self.fault_script]
+        for entry in self.fault_script:
+            if entry not in NAMED_FAULTS and not (entry.isdigit() and 400 <= int(entry) <= 599):
+                raise ValueError(f"unknown fault_script entry {entry!r}: use ok, reset, hang, malformed or a 4xx/5xx status")
+        rates = [self.rate_429, self.rate_5xx, self.rate_reset, self.rate_hang, self.rate_malformed]
+        if any(not 0 <= rate <= 1 for rate in rates) or sum(rates) > 1:
+            raise ValueError("fault rates must each be in [0, 1] and add up to at most 1")
+        if self.retry_after_form not in RETRY_AFTER_FORMS:
+            raise ValueError(f"retry_after_form must be one of {', '.join(RETRY_AFTER_FORMS)}")
+        if not isinstance(self.seed, int):
+            raise ValueError("seed must be an integer")
+        if min(self.latency, self.jitter, self.hang_seconds, self.retry_after) < 0:
+            raise ValueError("latency, jitter, hang_seconds and retry_after cannot be negative")
+
+    def update(self, **knobs: Any) -> None:
+        unknown = sorted(set(knobs) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown simulator setting(s): {', '.join(unknown)}")
+        checked = replace(self, **knobs)  # validates before anything changes
+        for f in fields(self):
+            setattr(self, f.name, getattr(checked, f.name))
+
+    def public(self) -> dict[str, Any]:
+        shown = asdict(self)
+        shown["api_key"] = None if self.api_key is None else "***"
+        return shown
+
+
+# --- pure helpers: the provider's arithmetic and headers ---------------------
+
+
+def image_key(url: str) -> str:
+    """How stats and fault_script identify an image: sha256 of its URL string."""
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def retry_after_headers(seconds: float, form: str, now: float | None = None) -> dict[str, str]:
+    if form == "seconds":
+        return {"Retry-After": f"{seconds:.3f}".rstrip("0").rstrip(".")}
+    if form == "http-date":
+        # HTTP dates have whole seconds: round up so the advice is never in the past.
+        when = math.ceil((time.time() if now is None else now) + seconds)
+        return {"Retry-After": format_datetime(datetime.fromtimestamp(when, timezone.utc), usegmt=True)}
+    if form == "ms":
+        return {"retry-after-ms": str(round(seconds * 1000))}
+    return {}
+
+
+def _error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code}}
+
+
+# --- requests ----------------------------------------------------------------
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class _ChatRequest:
+    model: str
+    image_url: str
+    texts: list[str]  # system + user text, for usage
+    prompt: str | None  # the first text of a user message, for the record
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool
+
+    def record(self) -> dict[str, Any]:
+        return {"model": self.model, "max_tokens": self.max_tokens, "text": self.prompt}
+
+
+def _parse_chat_request(body: Any) -> _ChatRequest:
+    if not isinstance(body, dict):
+        raise _BadRequest("The request body must be a JSON object.", "invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequest("You must provide a model parameter.", "missing_required_parameter")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest("'messages' must be a non-empty array.", "missing_required_parameter")
+    texts: list[str] = []
+    prompts: list[str] = []
+    images: list[str] = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise _BadRequest(f"Invalid message at messages[{i}]: needs a valid 'role'.", "invalid_value")
+        if isinstance(content, str):
+            texts.append(content)
+            prompts += [content] if message["role"] == "user" else []
+            continue
+        if not isinstance(content, list):
+            raise _BadRequest(f"Invalid 'content' at messages[{i}].", "invalid_value")
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            image_url = part.get("image_url") if kind == "image_url" else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+                prompts += [part["text"]] if message["role"] == "user" else []
+            elif isinstance(image_url, dict) and isinstance(image_url.get("url"), str):
+                images.append(image_url["url"])
+            else:
+                raise _BadRequest(f"Invalid content part at messages[{i}].content[{j}].", "invalid_value")
+    if not images:
+        raise _BadRequest("The request has no image_url content part; there is nothing to caption.", "missing_image")
+    if len(images) > 1:
+        raise _BadRequest("The simulator captions one image per request.", "too_many_images")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise _BadRequest("'max_tokens' must be a positive integer.", "invalid_value")
+    stream = body.get("stream") or False
+    options = body.get("stream_options") or {}
+    if not isinstance(stream, bool) or not isinstance(options, dict):
+        raise _BadRequest("'stream' must be a boolean and 'stream_options' an object.", "invalid_value")
+    return _ChatRequest(model, images[0], texts, next(iter(prompts), None), max_tokens, stream, bool(options.get("include_usage")))
+
+
+async def _drop_connection(request: web.BaseRequest) -> NoReturn:
+    """Close the socket without an HTTP answer: the client sees a disconnect."""
+    if request.transport is not None:
+        request.transport.close()
+    # connection_lost() cancels this handler (the runner has handler_cancellation on).
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+# --- recording ---------------------------------------------------------------
+
+
+class SimulatorStats:
+    """Counters for tests. Only touched on the server's event loop."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.peak_in_flight = self.in_flight
+        self.by_status: Counter[str] = Counter()  # "200", "429", ..., "reset", "hang"
+        self.faults: Counter[str] = Counter()  # injected faults by kind
+        self.images: dict[str, dict[str, int]] = {}  # image_key -> {"requests", "ok"}
+        self.bodies: deque[dict[str, Any]] = deque(maxlen=_KEPT_BODIES)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "by_status": dict(self.by_status),
+            "faults": dict(self.faults),
+            "images": {key: dict(counts) for key, counts in self.images.items()},
+            "bodies": list(self.bodies),
+        }
+
+
+# --- the server --------------------------------------------------------------
+
+
+class Simulator:
+    def __init__(self, settings: SimulatorSettings | None = None):
+        self.settings = settings or SimulatorSettings()
+        self.stats = SimulatorStats()
+        self.base_url: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._next_id = 0
+        self._stopping = asyncio.Event()  # wakes hung requests so a stop never waits for them
+        self._reseed()
+
+    def _reseed(self) -> None:
+        self._fault_rng = random.Random(self.settings.seed)
+        self._jitter_rng = random.Random(self.settings.seed + 1)  # jitter never shifts fault draws
+        self._malformed_turn = 0
+
+    def configure(self, **knobs: Any) -> None:
+        self.settings.update(**knobs)
+        if "seed" in knobs:
+            self._reseed()
+
+    def reset_stats(self) -> None:
+        """Zero the counters; per-image script positions and the random draws start over."""
+        self.stats.reset()
+        self._reseed()
+
+    # lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._stopping.clear()
+        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/_sim/stats", self._get_stats)
+        app.router.add_post("/_sim/config", self._post_config)
+        app.router.add_post("/_sim/reset", self._post_reset)
+        app.cleanup_ctx.append(self._client_session)
+        # handler_cancellation: a client that hangs up cancels its handler, as
+        # `reset` and `hang` rely on; shutdown_timeout bounds a stop under load.
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, host, port).start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.base_url = f"http://{shown_host}:{bound_port}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _client_session(self, app: web.Application) -> Any:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as self._http:
+            yield
+
+    # handlers
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        stats = self.stats
+        self._next_id += 1
+        stats.requests += 1
+        stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        try:
+            response = await self._answer(request, self._next_id)
+        except web.HTTPException as exc:  # aiohttp's own, e.g. 413 for a huge body
+            stats.by_status[str(exc.status)] += 1
+            raise
+        finally:
+            stats.in_flight -= 1
+        stats.by_status[str(response.status)] += 1
+        return response
+
+    async def _answer(self, request: web.Request, n: int) -> web.StreamResponse:
+        settings = self.settings
+        delay = settings.latency + self._jitter_rng.uniform(-settings.jitter, settings.jitter)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        headers = {"x-request-id": f"req-sim-{n}"}
+        if not self._authorized(request):
+            return self._status_response(401, headers)
+        try:
+            chat = _parse_chat_request(await request.json())
+        except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+            return self._bad_request(_BadRequest("We could not parse the JSON body of your request.", "invalid_json"), headers)
+        except _BadRequest as exc:
+            return self._bad_request(exc, headers)
+
+        counts = self.stats.images.setdefault(image_key(chat.image_url), {"requests": 0, "ok": 0})
+        nth = counts["requests"]
+        counts["requests"] += 1
+        self.stats.bodies.append(chat.record())
+
+        fault = self._pick_fault(nth)
+        if fault is not None:
+            return await self._inject(request, fault, n, chat, headers)
+        assert self._http is not None
+        try:
+            data = await image_bytes(chat.image_url, self._http)
+            width, height, caption = await asyncio.to_thread(caption_image, data)
+        except UnreachableImage:
+            return self._bad_request(_BadRequest("Unable to download the image from the URL", "invalid_image_url"), headers)
+        except UndecodableImage:
+            return self._bad_request(_BadRequest("Could not process image", "invalid_image"), headers)
+        caption, finish_reason = fit_caption(caption, chat.max_tokens)
+        usage = count_usage(width, height, chat.texts, caption)
+        counts["ok"] += 1
+        completion = self._completion(n, chat.model, caption, finish_reason, usage)
+        if chat.stream:
+            return await self._stream(request, completion, chat.include_usage, headers)
+        return web.json_response(completion, headers=headers)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._status_response(401, {})
+        model = self.settings.model or DEFAULT_MODEL
+        return web.json_response({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "simulator"}]})
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.snapshot())
+
+    async def _post_config(self, request: web.Request) -> web.Response:
+        try:
+            knobs = await request.json()
+            if not isinstance(knobs, dict):
+                raise ValueError("expected a JSON object of settings")
+            self.configure(**knobs)
+        except (ValueError, TypeError) as exc:
+            return web.json_response(_error_body(str(exc), "invalid_request_error", "invalid_config"), status=400)
+        return web.json_response({"settings": self.settings.public()})
+
+    async def _post_reset(self, request: web.Request) -> web.Response:
+        self.reset_stats()
+        return web.json_response(self.stats.snapshot())
+
+    # pieces of an answer
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
+        header = request.headers.get("Authorization", "")
+        token = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+        if self.settings.api_key is None:
+            return bool(token.strip())
+        return hmac.compare_digest(token.encode(), self.settings.api_key.encode())
+
+    def _pick_fault(self, nth: int) -> str | None:
+        """The script decides while it lasts; after that, one seeded draw per request."""
+        script = self.settings.fault_script
+        if nth < len(script):
+            return None if script[nth] == "ok" else script[nth]
+        s = self.settings
+        draw = self._fault_rng.random()
+        for fault, rate in (("429", s.rate_429), ("5xx", s.rate_5xx), ("reset", s.rate_reset),
+                            ("hang", s.rate_hang), ("malformed", s.rate_malformed)):
+            if draw < rate:
+                return self._fault_rng.choice(("500", "502", "503", "529")) if fault == "5xx" else fault
+            draw -= rate
+        return None
+
+    async def _inject(self, request: web.Request, fault: str, n: int, chat: _ChatRequest, headers: dict[str, str]) -> web.StreamResponse:
+        if fault == "malformed":
+            fault = f"malformed:{MALFORMED_VARIANTS[self._malformed_turn % len(MALFORMED_VARIANTS)]}"
+            self._malformed_turn += 1
+        self.stats.faults[fault] += 1
+        if fault == "reset":
+            self.stats.by_status["reset"] += 1
+            await _drop_connection(request)
+        if fault == "hang":
+            self.stats.by_status["hang"] += 1  # counted now: the client usually gives up first
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.hang_seconds)
+            await _drop_connection(request)
+        if fault.startswith("malformed:"):
+            body = self._malformed_body(fault.partition(":")[2], n, chat.model)
+            if chat.stream:
+                body = f"data: {body}\n\ndata: [DONE]\n\n"
+                return web.Response(text=body, content_type="text/event-stream", headers=headers)
+            return web.Response(text=body, content_type="application/json", headers=headers)
+        return self._status_response(int(fault), headers, model=chat.model)
+
+    def _status_response(self, status: int, headers: dict[str, str], model: str = "") -> web.Response:
+        if status == 429:
+            type_, code = "rate_limit_error", "rate_limit_exceeded"
+            message = (f"Rate limit reached for requests per min (RPM) on {model or 'this model'}. "
+                       f"Please try again in {self.settings.retry_after:g}s.")
+        else:
+            generic = ("server_error" if status >= 500 else "invalid_request_error", None, f"Simulated {status} error.")
+            type_, code, message = _STATUS_ERRORS.get(status, generic)
+        if status in (429, 503):
+            headers = {**headers, **retry_after_headers(self.settings.retry_after, self.settings.retry_after_form)}
+        return web.json_response(_error_body(message, type_, code), status=status, headers=headers)
+
+    @staticmethod
+    def _bad_request(exc: _BadRequest, headers: dict[str, str]) -> web.Response:
+        return web.json_response(_error_body(exc.message, "invalid_request_error", exc.code), status=400, headers=headers)
+
+    @staticmethod
+    def _completion(n: int, model: str, caption: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-sim-{n}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": caption}, "finish_reason": finish_reason}],
+            "usage": usage,
+        }
+
+    @staticmethod
+    def _malformed_body(variant: str, n: int, model: str) -> str:
+        if variant == "not_json":  # a body cut off mid-way
+            return f'{{"id": "chatcmpl-sim-{n}", "object": "chat.completion", "choices": [{{"index": 0, "mess'
+        if variant == "error_object":
+            return json.dumps(_error_body("The server had an error processing your request.", "server_error", None))
+        completion = Simulator._completion(n, model, "", "stop", count_usage(1, 1, [], ""))
+        if variant == "no_choices":
+            del completion["choices"]
+        else:  # null_content
+            completion["choices"][0]["message"]["content"] = None
+        return json.dumps(completion)
+
+    async def _stream(self, request: web.Request, completion: dict[str, Any], include_usage: bool, headers: dict[str, str]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        base = {key: completion[key] for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+        caption = completion["choices"][0]["message"]["content"]
+        step = max(1, math.ceil(len(caption) / 4))
+        events: list[dict[str, Any]] = []
+        for start in range(0, len(caption), step):
+            delta = {"content": caption[start : start + step]} | ({"role": "assistant"} if start == 0 else {})
+            events.append(base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+        finish_reason = completion["choices"][0]["finish_reason"]
+        events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
+        if include_usage:
+            events.append(base | {"choices": [], "usage": completion["usage"]})
+        for event in events:
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+# --- ways to run it ----------------------------------------------------------
+
+
+class SimulatorHandle:
+    """What `serve_in_thread` yields; every method is safe to call from any thread."""
+
+    def __init__(self, simulator: Simulator, loop: asyncio.AbstractEventLoop):
+        self._simulator = simulator
+        self._loop = loop
+        self.base_url: str = simulator.base_url or ""
+
+    def stats(self) -> dict[str, Any]:
+        return self._on_loop(self._simulator.stats.snapshot)
+
+    def configure(self, **knobs: Any) -> None:
+        self._on_loop(lambda: self._simulator.configure(**knobs))
+
+    def reset(self) -> None:
+        self._on_loop(self._simulator.reset_stats)
+
+    def _on_loop(self, fn: Any) -> Any:
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=10)
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: SimulatorSettings | None = None) -> Iterator[SimulatorHandle]:
+    """Run a simulator on 127.0.0.1:<free port> in a background thread with its own loop."""
+    simulator = Simulator(settings)
+    ready: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = concurrent.futures.Future()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        try:
+            await simulator.start("127.0.0.1", 0)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result((asyncio.get_running_loop(), stop))
+        try:
+            await stop.wait()
+        finally:
+            await simulator.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="pipeline-simulator", daemon=True)
+    thread.start()
+    loop, stop = ready.result(timeout=10)
+    try:
+        yield SimulatorHandle(simulator, loop)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """A poller must never read half a URL."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(tmp, path)
+
+
+async def _serve_until_signal(simulator: Simulator, host: str, port: int, ready_file: str | None) -> int:
+    try:
+        base_url = await simulator.start(host, port)
+    except OSError as exc:
+        print(f"simulator: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if ready_file:
+            _write_atomically(ready_file, base_url)
+        print(f"simulator listening on {base_url}", flush=True)
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await simulator.stop()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipeline simulate",
+        description="Serve a fake OpenAI-compatible vision API on loopback, with faults on demand. "
+        "Prints 'simulator listening on http://HOST:PORT/v1' once ready; stops on SIGTERM or Ctrl-C.",
+    )
+    default = SimulatorSettings()
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", choices=sorted(LOOPBACK_HOSTS), help="loopback address to bind (default: %(default)s)")
+    add("--port", type=int, default=0, help="port; 0 picks a free one (default: %(default)s)")
+    add("--ready-file", metavar="PATH", help="write the base URL to PATH once listening")
+    add("--latency", type=float, default=default.latency, metavar="SECONDS", help="delay before every answer")
+    add("--jitter", type=float, default=default.jitter, metavar="SECONDS", help="uniform +/- added to --latency")
+    for name, what in [("429", "a 429 Too Many Requests"), ("5xx", "a 500, 502, 503 or 529"), ("reset", "a dropped connection"),
+                       ("hang", "no answer at all"), ("malformed", "a 200 with an unusable body")]:
+        add(f"--rate-{name}", type=float, default=0.0, metavar="P", help=f"share of requests (0-1) that get {what}")
+    add("--hang-seconds", type=float, default=default.hang_seconds, metavar="SECONDS", help="how long a hung request stays open (default: %(default)s)")
+    add("--retry-after", type=float, default=default.retry_after, metavar="SECONDS", help="wait advertised by 429/503 (default: %(default)s)")
+    add("--retry-after-form", choices=RETRY_AFTER_FORMS, default=default.retry_after_form,
+        help="Retry-After: N, Retry-After: <HTTP date>, retry-after-ms: N, or no header (default: %(default)s)")
+    add("--fault-script", default="", metavar="LIST",
+        help="comma-separated, e.g. 429,500,reset,hang,malformed,ok: the Nth request for an image gets the Nth entry")
+    add("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")
+    add("--model", default=None, help=f"model id listed by /v1/models (default: {DEFAULT_MODEL})")
+    add("--seed", type=int, default=default.seed, help="seed for random faults and jitter (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    knobs = {f.name: getattr(args, f.name) for f in fields(SimulatorSettings)}
+    try:
+        settings = SimulatorSettings(**knobs)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return asyncio.run(_serve_until_signal(Simulator(settings), args.host, args.port, args.ready_file))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

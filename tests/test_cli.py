@@ -1,0 +1,113 @@
+"""The command line as a user runs it: a real process, real exit codes, messages on stderr."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-cli-DISTINCTIVE-7f3a9c"
+
+
+def cli(*args, env=None, cwd=ROOT):
+    environment = {k: v for k, v in os.environ.items() if k not in ("ANYFAST_API_KEY", "OPENAI_API_KEY")}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True, env=environment, cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (30, 20), (i * 80, 100, 200)).save(tmp_path / f"p{i}.jpg")
+    path = tmp_path / "photos.csv"
+    path.write_text("id,image\n" + "".join(f"p{i},p{i}.jpg\n" for i in range(3)))
+    return path
+
+
+def test_help_explains_every_option():
+    out = cli("caption", "--help").stdout
+    for option in ("--output", "--job", "--base-url", "--model", "--api-key-env", "--prompt", "--system", "--max-tokens",
+                   "--temperature", "--concurrency", "--max-retries", "--timeout", "--limit", "--dry-run"):
+        assert option in out
+    assert "CAPTION_BASE_URL" in out and "ANYFAST_API_KEY" in out and "exit codes" in out
+
+
+def test_exit_0_when_every_row_is_ok(simulator, manifest, tmp_path):
+    out = tmp_path / "o.parquet"
+    result = cli("caption", manifest, "-o", out, "--base-url", simulator.base_url, env={"ANYFAST_API_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    assert "done in" in result.stderr and "3 ok" in result.stderr
+    assert pq.read_table(out).num_rows == 3
+
+
+def test_default_output_is_output_slash_manifest_stem(simulator, manifest, tmp_path):
+    result = cli("caption", manifest, "--base-url", simulator.base_url, env={"OPENAI_API_KEY": KEY}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "output" / "photos.parquet").exists()
+
+
+def test_exit_1_when_some_rows_failed(simulator, manifest, tmp_path):
+    with manifest.open("a") as f:
+        f.write("gone,gone.jpg\n")
+    result = cli("caption", manifest, "-o", tmp_path / "o.parquet", "--base-url", simulator.base_url, env={"ANYFAST_API_KEY": KEY})
+    assert result.returncode == 1
+    assert "image_missing: 1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, env, fragment",
+    [
+        (["caption", "m.csv", "--frobnicate"], {"ANYFAST_API_KEY": KEY}, "unrecognized arguments: --frobnicate"),
+        (["caption", "does-not-exist.csv"], {"ANYFAST_API_KEY": KEY}, "does-not-exist.csv"),
+        (["caption", "{manifest}"], {}, "set the environment variable ANYFAST_API_KEY"),
+        (["caption", "{manifest}", "--api-key-env", "MY_PROVIDER_KEY"], {"ANYFAST_API_KEY": KEY}, "MY_PROVIDER_KEY"),
+        (["caption", "{manifest}", "--concurrency", "0"], {"ANYFAST_API_KEY": KEY}, "concurrency must be between 1"),
+        (["caption", "--job", "nope.toml"], {"ANYFAST_API_KEY": KEY}, "job file not found"),
+    ],
+)
+def test_exit_2_on_usage_errors_with_a_message_not_a_traceback(manifest, args, env, fragment):
+    result = cli(*[a.replace("{manifest}", str(manifest)) for a in args], env=env)
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_exit_3_on_auth_failure_and_the_key_is_never_shown(simulator, manifest, tmp_path):
+    simulator.configure(api_key="the-right-key")
+    out = tmp_path / "o.parquet"
+    result = cli("caption", manifest, "-o", out, "--base-url", simulator.base_url, "--concurrency", "1", env={"ANYFAST_API_KEY": KEY})
+    assert result.returncode == 3
+    assert "authentication" in result.stderr.lower() or "401" in result.stderr
+    assert simulator.stats()["requests"] == 1  # aborted at once
+    assert KEY not in result.stderr + result.stdout
+    assert KEY.encode() not in out.read_bytes()
+
+
+def test_job_file_sets_everything(simulator, manifest, tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text(f'manifest = "photos.csv"\noutput = "out/x.parquet"\nbase_url = "{simulator.base_url}"\nmax_tokens = 5\n')
+    result = cli("caption", "--job", job, env={"ANYFAST_API_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(tmp_path / "out" / "x.parquet").to_pylist()
+    assert len(rows) == 3 and all(r["finish_reason"] == "length" for r in rows)
+
+
+def test_dry_run_needs_no_key_and_sends_nothing(simulator, manifest):
+    result = cli("caption", manifest, "--dry-run", "--base-url", simulator.base_url)
+    assert result.returncode == 0, result.stderr
+    assert "would send 3 requests" in result.stdout
+    assert simulator.stats()["requests"] == 0
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo.parquet"
+    result = cli("demo", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert f"output written to {out}" in result.stdout
+    rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    assert len(rows) == 10 and rows["broken"]["error_type"] == "not_an_image"
+    assert all(r["status"] == "ok" for i, r in rows.items() if i != "broken")

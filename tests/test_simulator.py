@@ -1,0 +1,421 @@
+"""The simulator, over real HTTP on loopback: answers, errors, faults, recording and the ways to run it."""
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from pipeline.simulator import SimulatorSettings, count_usage, image_key, retry_after_headers, serve_in_thread
+
+PROMPT = "Describe this image in one sentence."
+SYSTEM = "You write alt text."
+REPO = Path(__file__).resolve().parents[1]
+
+
+def image_bytes(color, size, fmt="PNG"):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def data_url(data, mime="image/png"):
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+BLUE_PNG = data_url(image_bytes((0, 0, 255), (64, 48)))
+
+
+def chat_body(url=BLUE_PNG, **extra):
+    content = [{"type": "text", "text": PROMPT}, {"type": "image_url", "image_url": {"url": url}}]
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
+    return {"model": "test-model", "messages": messages, "max_tokens": 300, **extra}
+
+
+async def _post(url, body, token, timeout):
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            return response.status, response.headers, await response.text()
+
+
+def post(sim, body=None, token="sk-test", timeout=5.0):
+    """(status, headers, text) of one chat completion request."""
+    return asyncio.run(_post(sim.base_url + "/chat/completions", chat_body() if body is None else body, token, timeout))
+
+
+def get_json(url):
+    async def go():
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers={"Authorization": "Bearer sk-test"}) as response:
+                return response.status, await response.json()
+
+    return asyncio.run(go())
+
+
+# --- answers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "color, size, fmt, mime, words",
+    [
+        ((0, 0, 255), (512, 384), "PNG", "image/png", ["512×384", "landscape", "blue"]),
+        ((220, 20, 20), (300, 600), "JPEG", "image/jpeg", ["300×600", "portrait", "red"]),
+        ((250, 250, 250), (100, 100), "PNG", "image/png", ["square", "white", "bright"]),
+        ((10, 10, 10), (100, 50), "PNG", "image/png", ["black", "dark"]),
+    ],
+)
+def test_caption_describes_the_pixels_and_usage_follows_the_formula(simulator, color, size, fmt, mime, words):
+    body = chat_body(data_url(image_bytes(color, size, fmt), mime))
+    status, headers, text = post(simulator, body)
+    assert status == 200, text
+    answer = json.loads(text)
+    caption = answer["choices"][0]["message"]["content"]
+    assert all(word in caption for word in words), caption
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert answer["model"] == "test-model" and answer["object"] == "chat.completion"
+    assert answer["id"].startswith("chatcmpl-sim-") and headers["x-request-id"].startswith("req-sim-")
+    width, height = size
+    prompt = math.ceil(width * height / 750) + math.ceil((len(SYSTEM) + len(PROMPT)) / 4)
+    completion = math.ceil(len(caption) / 4)
+    assert answer["usage"] == {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    # Deterministic: the same image gets the same caption.
+    assert json.loads(post(simulator, body)[2])["choices"][0]["message"]["content"] == caption
+
+
+def test_two_colour_image_names_both():
+    image = Image.new("RGB", (200, 100), (0, 0, 255))
+    image.paste((255, 255, 255), (120, 0, 200, 100))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    with serve_in_thread() as sim:
+        caption = json.loads(post(sim, chat_body(data_url(buffer.getvalue())))[2])["choices"][0]["message"]["content"]
+    assert "mostly blue and white" in caption
+
+
+@pytest.mark.parametrize("limit_key", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_cuts_the_caption(simulator, limit_key):
+    body = chat_body()
+    del body["max_tokens"]
+    answer = json.loads(post(simulator, {**body, limit_key: 3})[2])
+    assert len(answer["choices"][0]["message"]["content"]) == 12
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == 3
+
+
+def test_streaming_is_well_formed_sse_with_usage(simulator):
+    plain = json.loads(post(simulator)[2])
+    status, headers, text = post(simulator, chat_body(stream=True, stream_options={"include_usage": True}))
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    assert text.endswith("data: [DONE]\n\n")
+    events = [block for block in text.split("\n\n") if block]
+    assert all(block.startswith("data: ") for block in events)
+    chunks = [json.loads(block[len("data: "):]) for block in events[:-1]]
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    deltas = [chunk["choices"][0] for chunk in chunks if chunk["choices"]]
+    assert len(deltas) >= 3
+    assert "".join(d["delta"].get("content", "") for d in deltas) == plain["choices"][0]["message"]["content"]
+    assert [d["finish_reason"] for d in deltas[-2:]] == [None, "stop"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+
+
+def test_streaming_without_include_usage_has_no_usage_chunk(simulator):
+    text = post(simulator, chat_body(stream=True))[2]
+    assert "usage" not in text and text.endswith("data: [DONE]\n\n")
+
+
+def test_models_lists_the_configured_model(simulator):
+    assert get_json(simulator.base_url + "/models")[1]["data"][0]["id"] == "claude-sonnet-4-20250514"
+    simulator.configure(model="my-model")
+    assert get_json(simulator.base_url + "/models") == (200, {"object": "list", "data": [{"id": "my-model", "object": "model", "owned_by": "simulator"}]})
+
+
+# --- requests it refuses ------------------------------------------------------
+
+
+def test_undecodable_image_is_invalid_image(simulator):
+    status, _, text = post(simulator, chat_body(data_url(b"\x89PNG\r\n\x1a\n this is not a png")))
+    assert status == 400
+    assert json.loads(text) == {"error": {"message": "Could not process image", "type": "invalid_request_error", "code": "invalid_image"}}
+    assert post(simulator, chat_body("data:image/png;base64,@@not base64@@"))[0] == 400
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        (b"{not json", "invalid_json"),
+        ({"model": "m"}, "missing_required_parameter"),
+        ({"model": "m", "messages": [{"role": "user", "content": "just text"}]}, "missing_image"),
+        ({"messages": chat_body()["messages"]}, "missing_required_parameter"),
+        (chat_body(max_tokens=0), "invalid_value"),
+        ({"model": "m", "messages": [{"role": "user", "content": [{"type": "video", "video": {}}]}]}, "invalid_value"),
+    ],
+)
+def test_malformed_requests_are_400_in_openai_shape(simulator, body, code):
+    status, _, text = post(simulator, body)
+    assert status == 400
+    error = json.loads(text)["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == code and error["message"]
+
+
+def test_auth_requires_the_exact_key_and_never_echoes_it(simulator):
+    simulator.configure(api_key="sk-right-key-123")
+    unauthorized = {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "code": "invalid_api_key"}}
+    for token in ("sk-wrong-key-456", "sk-right-key-1234", None):
+        status, _, text = post(simulator, token=token)
+        assert status == 401 and json.loads(text) == unauthorized
+        assert "sk-" not in text
+    assert post(simulator, token="sk-right-key-123")[0] == 200
+
+
+def test_without_a_configured_key_any_bearer_token_passes_but_not_an_empty_one(simulator):
+    assert post(simulator, token="anything")[0] == 200
+    assert post(simulator, token="")[0] == 401
+    assert post(simulator, token=None)[0] == 401
+
+
+def test_image_urls_are_fetched_from_loopback_only(simulator):
+    png = image_bytes((0, 0, 255), (40, 30))
+
+    async def go():
+        app = web.Application()
+        async def cat(request):
+            return web.Response(body=png, content_type="image/png")
+
+        app.router.add_get("/cat.png", cat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            url = simulator.base_url + "/chat/completions"
+            ok = await _post(url, chat_body(f"http://127.0.0.1:{port}/cat.png"), "sk-test", 5)
+            missing = await _post(url, chat_body(f"http://localhost:{port}/nope.png"), "sk-test", 5)
+            return ok, missing
+        finally:
+            await runner.cleanup()
+
+    (status, _, text), (missing_status, _, missing_text) = asyncio.run(go())
+    assert status == 200 and "40×30 landscape image, mostly blue" in json.loads(text)["choices"][0]["message"]["content"]
+    assert missing_status == 400 and json.loads(missing_text)["error"]["code"] == "invalid_image_url"
+    for remote in ("http://example.com/cat.png", "https://10.0.0.1/cat.png", "file:///etc/hostname"):
+        status, _, text = post(simulator, chat_body(remote))
+        assert status == 400
+        assert json.loads(text)["error"] == {"message": "Unable to download the image from the URL", "type": "invalid_request_error", "code": "invalid_image_url"}
+
+
+# --- faults -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "form, header, check",
+    [
+        ("seconds", "Retry-After", lambda value: value == "2"),
+        ("ms", "retry-after-ms", lambda value: value == "2000"),
+        ("http-date", "Retry-After", lambda value: 1 <= email.utils.parsedate_to_datetime(value).timestamp() - time.time() <= 3.1),
+        ("none", None, None),
+    ],
+)
+def test_scripted_429_says_when_to_come_back(simulator, form, header, check):
+    simulator.configure(fault_script=["429"], retry_after=2, retry_after_form=form)
+    status, headers, text = post(simulator)
+    assert status == 429
+    error = json.loads(text)["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded" and "Rate limit reached" in error["message"]
+    if header is None:
+        assert "Retry-After" not in headers and "retry-after-ms" not in headers
+    else:
+        assert check(headers[header]), headers[header]
+    assert post(simulator)[0] == 200  # past the end of the script
+    assert simulator.stats()["images"][image_key(BLUE_PNG)] == {"requests": 2, "ok": 1}
+
+
+@pytest.mark.parametrize(
+    "fault, error_type",
+    [("500", "server_error"), ("502", "server_error"), ("503", "server_error"), ("529", "overloaded_error"),
+     ("400", "invalid_request_error"), ("401", "invalid_request_error"), ("408", "timeout_error"), ("409", "conflict_error")],
+)
+def test_scripted_status_faults_have_a_proper_error_body(simulator, fault, error_type):
+    simulator.configure(fault_script=[fault])
+    status, headers, text = post(simulator)
+    assert status == int(fault)
+    assert json.loads(text)["error"]["type"] == error_type
+    assert ("Retry-After" in headers) == (fault == "503")
+    assert simulator.stats()["by_status"] == {fault: 1}
+
+
+def test_script_is_per_image_and_ok_means_a_normal_answer(simulator):
+    other = data_url(image_bytes((0, 255, 0), (10, 10)))
+    simulator.configure(fault_script=["500", "ok", "429"])
+    assert [post(simulator)[0] for _ in range(4)] == [500, 200, 429, 200]
+    assert post(simulator, chat_body(other))[0] == 500
+    images = simulator.stats()["images"]
+    assert images[image_key(BLUE_PNG)] == {"requests": 4, "ok": 2} and images[image_key(other)] == {"requests": 1, "ok": 0}
+    assert image_key(BLUE_PNG) == hashlib.sha256(BLUE_PNG.encode()).hexdigest()
+
+
+def test_reset_drops_the_connection(simulator):
+    simulator.configure(fault_script=["reset"])
+    with pytest.raises(aiohttp.ClientConnectionError):
+        post(simulator)
+    assert post(simulator)[0] == 200
+    assert simulator.stats()["by_status"] == {"reset": 1, "200": 1}
+
+
+def test_malformed_cycles_through_unusable_bodies(simulator):
+    simulator.configure(fault_script=["malformed"] * 4)
+    answers = [post(simulator) for _ in range(4)]
+    assert {status for status, _, _ in answers} == {200}
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(answers[0][2])
+    error_object, no_choices, null_content = (json.loads(text) for _, _, text in answers[1:])
+    assert error_object["error"]["message"]
+    assert "choices" not in no_choices and no_choices["object"] == "chat.completion"
+    assert null_content["choices"][0]["message"]["content"] is None
+    assert set(simulator.stats()["faults"]) == {"malformed:not_json", "malformed:error_object", "malformed:no_choices", "malformed:null_content"}
+
+
+def test_hang_never_answers_and_the_client_gives_up(simulator):
+    simulator.configure(fault_script=["hang"])
+    started = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError):
+        post(simulator, timeout=0.3)
+    assert time.monotonic() - started < 2
+    assert simulator.stats()["by_status"] == {"hang": 1}
+    deadline = time.monotonic() + 2  # the hung handler is cancelled once the client hangs up
+    while simulator.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert simulator.stats()["in_flight"] == 0
+
+
+def test_random_faults_are_seeded_and_repeatable(simulator):
+    simulator.configure(rate_429=0.3, rate_5xx=0.3, seed=7)
+    first = [post(simulator)[0] for _ in range(12)]
+    simulator.reset()
+    assert [post(simulator)[0] for _ in range(12)] == first
+    assert {200, 429} <= set(first) and set(first) <= {200, 429, 500, 502, 503, 529}
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"fault_script": ["teapot"]}, {"rate_429": 1.5}, {"rate_429": 0.6, "rate_5xx": 0.6}, {"retry_after_form": "weeks"}, {"colour": "red"}],
+)
+def test_bad_knobs_are_refused(simulator, knobs):
+    with pytest.raises(ValueError):
+        simulator.configure(**knobs)
+    with pytest.raises(ValueError):
+        SimulatorSettings(**knobs) if "colour" not in knobs else SimulatorSettings().update(**knobs)
+
+
+def test_pure_helpers():
+    assert count_usage(750, 2, ["abcd", "e"], "x" * 9) == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+    assert retry_after_headers(0.25, "seconds") == {"Retry-After": "0.25"}
+    assert retry_after_headers(1.5, "ms") == {"retry-after-ms": "1500"}
+    assert retry_after_headers(1, "http-date", now=0) == {"Retry-After": "Thu, 01 Jan 1970 00:00:01 GMT"}
+
+
+# --- recording and control ----------------------------------------------------
+
+
+def test_peak_in_flight_is_recorded_under_latency(simulator):
+    simulator.configure(latency=0.3)
+
+    async def burst():
+        url = simulator.base_url + "/chat/completions"
+        return await asyncio.gather(*(_post(url, chat_body(), "sk-test", 5) for _ in range(8)))
+
+    assert [status for status, _, _ in asyncio.run(burst())] == [200] * 8
+    stats = simulator.stats()
+    assert stats["peak_in_flight"] == 8 and stats["in_flight"] == 0 and stats["requests"] == 8
+    assert stats["bodies"][0] == {"model": "test-model", "max_tokens": 300, "text": PROMPT}
+
+
+def test_control_endpoints(simulator):
+    root = simulator.base_url.removesuffix("/v1")
+
+    async def go():
+        async with aiohttp.ClientSession() as session:
+            async with session.post(root + "/_sim/config", json={"fault_script": "429,ok", "latency": 0}) as response:
+                configured = response.status, await response.json()
+            async with session.post(root + "/_sim/config", json={"nope": 1}) as response:
+                refused = response.status
+            await _post(simulator.base_url + "/chat/completions", chat_body(), "sk-test", 5)
+            async with session.get(root + "/_sim/stats") as response:
+                stats = await response.json()
+            async with session.post(root + "/_sim/reset") as response:
+                after_reset = await response.json()
+        return configured, refused, stats, after_reset
+
+    (status, configured), refused, stats, after_reset = asyncio.run(go())
+    assert status == 200 and configured["settings"]["fault_script"] == ["429", "ok"]
+    assert refused == 400
+    assert stats["requests"] == 1 and stats["by_status"] == {"429": 1}
+    assert set(stats) == {"requests", "in_flight", "peak_in_flight", "by_status", "faults", "images", "bodies"}
+    assert after_reset == {"requests": 0, "in_flight": 0, "peak_in_flight": 0, "by_status": {}, "faults": {}, "images": {}, "bodies": []}
+    assert post(simulator)[0] == 429  # the script starts over after a reset
+
+
+# --- ways to run it -----------------------------------------------------------
+
+
+def test_stopping_does_not_wait_for_hanging_requests(caplog):
+    outcome = {}
+
+    def hung_client(url):
+        try:
+            outcome["result"] = asyncio.run(_post(url, chat_body(), "sk-test", 10))
+        except Exception as exc:  # noqa: BLE001 - the point is which exception
+            outcome["error"] = exc
+
+    with serve_in_thread(SimulatorSettings(rate_hang=1.0)) as sim:
+        client = threading.Thread(target=hung_client, args=(sim.base_url + "/chat/completions",))
+        client.start()
+        deadline = time.monotonic() + 3
+        while sim.stats()["in_flight"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sim.stats()["in_flight"] == 1
+        started = time.monotonic()
+    assert time.monotonic() - started < 1.0  # not hang_seconds, not aiohttp's shutdown timeout
+    client.join(timeout=5)
+    assert isinstance(outcome.get("error"), aiohttp.ClientConnectionError)
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert not [t for t in threading.enumerate() if t.name == "pipeline-simulator"]
+
+
+def test_main_prints_the_listening_line_and_exits_0_on_sigterm(tmp_path):
+    ready = tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.simulator", "--port", "0", "--ready-file", str(ready), "--fault-script", "429,ok"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        match = re.fullmatch(r"simulator listening on (http://127\.0\.0\.1:(\d+)/v1)\n", line)
+        assert match, line
+        assert ready.read_text() == match[1]
+        assert asyncio.run(_post(match[1] + "/chat/completions", chat_body(), "sk-test", 5))[0] == 429
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert out == "" and err == ""
