@@ -52,7 +52,7 @@ class ChatClient:
         hint = _HINTS.get(response.status)
         text = f"HTTP {response.status} from the provider: {message}" + (f" ({hint})" if hint else "")
         should_retry = response.headers.get("x-should-retry")
-        return status_error_class(response.status)(
+        return status_error_class(response.status, code)(
             text,
             status=response.status,
             request_id=response.headers.get("x-request-id"),

@@ -17,6 +17,9 @@ EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the output; try again later
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 class PipelineError(Exception):
@@ -142,11 +145,19 @@ class RateLimitError(APIStatusError):
     error_type = "rate_limited"
 
 
+class QuotaExhaustedError(RateLimitError):
+    """A 429 that means money, not load (`insufficient_quota`): waiting will not help, so the run aborts."""
+
+    error_type = "quota_exhausted"
+
+
 class ServerError(APIStatusError):
     error_type = "server_error"
 
 
-def status_error_class(status: int) -> type[APIStatusError]:
+def status_error_class(status: int, code: str | None = None) -> type[APIStatusError]:
+    if status == 429 and code == "insufficient_quota":
+        return QuotaExhaustedError
     if status in (401, 403):
         return AuthenticationError
     if status == 404:
@@ -160,7 +171,17 @@ def status_error_class(status: int) -> type[APIStatusError]:
     return APIStatusError
 
 
+# Row errors after which every other request would fail the same way: the run stops.
+RUN_ENDING_ERRORS = (AuthenticationError, QuotaExhaustedError)
+
+
 class RunAborted(PipelineError):
     """The run stopped early on purpose; finished rows are kept. Exit code 3."""
 
     error_type = "aborted"
+
+
+class OutputLocked(PipelineError):
+    """Another run is writing the same output. Exit code 75."""
+
+    error_type = "locked"

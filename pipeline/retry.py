@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, Mapping, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from .errors import APIConnectionError, APIResponseError, APIStatusError, APITimeoutError
+from .errors import APIConnectionError, APIResponseError, APIStatusError, APITimeoutError, QuotaExhaustedError
 
 T = TypeVar("T")
 
@@ -62,7 +62,7 @@ def should_retry(error: BaseException) -> bool:
     if isinstance(error, APIStatusError):
         if error.should_retry is not None:  # the server's own word wins (x-should-retry)
             return error.should_retry
-        if error.code == "insufficient_quota":  # money, not load: waiting will not help
+        if isinstance(error, QuotaExhaustedError):  # money, not load: waiting will not help
             return False
         return error.status in RETRYABLE_STATUSES or error.status >= 500
     return isinstance(error, (APIConnectionError, APITimeoutError, APIResponseError))

@@ -11,6 +11,7 @@ from pipeline.errors import (
     AuthenticationError,
     BadRequestError,
     ImageMissingError,
+    QuotaExhaustedError,
     RateLimitError,
     ServerError,
     status_error_class,
@@ -41,7 +42,7 @@ def test_retry_after_seconds(headers, expected):
 
 
 def _status(status, **kw):
-    return status_error_class(status)("x", status=status, **kw)
+    return status_error_class(status, kw.get("code"))("x", status=status, **kw)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,11 @@ def test_should_retry(error, expected):
 )
 def test_status_error_class(code, cls):
     assert status_error_class(code) is cls
+
+
+def test_a_429_for_an_empty_account_is_quota_exhausted():
+    assert status_error_class(429, "insufficient_quota") is QuotaExhaustedError
+    assert status_error_class(429, "rate_limit_exceeded") is RateLimitError
 
 
 @pytest.mark.parametrize(
