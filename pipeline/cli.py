@@ -2,8 +2,9 @@
 
 Exit codes (also in the README):
   0  every row ok          1  finished, some rows failed (they are in the output)
-  2  usage or configuration error        3  aborted (authentication failure)
+  2  usage or configuration error        3  aborted (auth, quota, too many failures in a row)
   70 internal error (a bug: please report it with PIPELINE_DEBUG=1 output)
+  75 another run holds the output's lock  130 / 143 stopped by Ctrl-C / SIGTERM
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import traceback
 
 from . import __version__
 from .config import DEFAULT_API_KEY_ENV, FALLBACK_API_KEY_ENV, JobConfig, load_config
-from .errors import EXIT_USAGE, ConfigError, ManifestError
+from .errors import EXIT_LOCKED, EXIT_SIGINT, EXIT_USAGE, ConfigError, ManifestError, OutputLocked
+from .logs import redact_in_logs, setup_logging
 
-EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
+log = logging.getLogger("pipeline")
 
 D = JobConfig()  # built-in defaults, shown in --help
 
@@ -38,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption every image in a manifest; one Parquet row per image. "
         "Precedence: flag > environment variable > job file > built-in default.",
         epilog="exit codes: 0 all rows ok; 1 some rows failed (they are in the output); "
-        "2 usage or configuration error; 3 aborted (authentication failure).",
+        "2 usage or configuration error; 3 aborted (authentication, quota or too many failures in a row); "
+        "75 another run holds the output; 130 stopped by Ctrl-C; 143 stopped by SIGTERM. "
+        "A rerun of the same command continues where the last one stopped.",
     )
     c.add_argument("manifest", nargs="?", help="CSV, JSONL, Parquet, .txt (one image per line) or a folder of images")
     c.add_argument("-o", "--output", help="Parquet file to write (default: output/<manifest name>.parquet)")
@@ -59,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, metavar="SECONDS", help=f"give up on one attempt after this long (default {D.timeout:g})")
     c.add_argument("--limit", type=int, metavar="N", help="process only the first N manifest rows")
     c.add_argument("--dry-run", action="store_true", default=None, help="read and check everything, send nothing, say what would be sent")
+    c.add_argument("--redo", action="store_true", default=None, help="caption every row again, even those the output already holds")
+    c.add_argument(
+        "--no-retry-errors", dest="retry_errors", action="store_false", default=None,
+        help="on a rerun, skip rows that failed last time too (by default they are tried again)",
+    )
+    c.add_argument("--grace", type=float, metavar="SECONDS", help=f"after SIGTERM or Ctrl-C, how long requests in flight may finish (default {D.grace:g})")
+    c.add_argument(
+        "--max-consecutive-failures", type=int, metavar="N",
+        help=f"abort (exit 3) after N rows in a row fail after retries, 0 for never (default {D.max_consecutive_failures})",
+    )
+    c.add_argument("--log-format", choices=("text", "json"), help="log as text or one JSON object per line (default: json when stderr is not a terminal)")
     c.set_defaults(func=_caption)
 
     commands.add_parser("simulate", help="serve the bundled OpenAI-compatible simulator (see: simulate --help)", add_help=False)
@@ -75,19 +90,22 @@ def main(argv: list[str] | None = None) -> int:
 
         return simulator.main(argv[1:])
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    setup_logging(getattr(args, "log_format", None) or os.environ.get("CAPTION_LOG_FORMAT"))
     try:
         return args.func(args)
     except (ConfigError, ManifestError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        log.error("error: %s", e)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except OutputLocked as e:
+        log.error("error: %s", e)
+        return EXIT_LOCKED
+    except KeyboardInterrupt:  # before the run took over Ctrl-C (while starting up)
+        log.error("interrupted")
+        return EXIT_SIGINT
     except Exception as e:  # a bug: say so plainly, show the traceback only on request
         if os.environ.get("PIPELINE_DEBUG"):
             traceback.print_exc()
-        print(f"internal error: {type(e).__name__}: {e} (rerun with PIPELINE_DEBUG=1 for details, and report it)", file=sys.stderr)
+        log.error("internal error: %s: %s (rerun with PIPELINE_DEBUG=1 for details, and report it)", type(e).__name__, e)
         return EXIT_INTERNAL
 
 
@@ -97,11 +115,16 @@ def _caption(args: argparse.Namespace) -> int:
     flags = {
         name: getattr(args, name)
         for name in ("manifest", "output", "base_url", "model", "api_key_env", "prompt", "system", "max_tokens",
-                     "temperature", "concurrency", "max_retries", "timeout", "limit", "dry_run")
+                     "temperature", "concurrency", "max_retries", "timeout", "limit", "dry_run", "redo", "retry_errors",
+                     "grace", "max_consecutive_failures", "log_format")
     }
     config = load_config(flags, job_file=args.job)
+    if config.api_key:
+        redact_in_logs(config.api_key.reveal())
+    if config.log_format and config.log_format != args.log_format:
+        setup_logging(config.log_format)  # the job file chose
     summary = run_job(config)
-    print(summary.line(), file=sys.stderr)
+    log.info("%s", summary.line(), extra={"summary": {k: v for k, v in summary.__dict__.items() if k != "output"}})
     return summary.exit_code
 
 
@@ -110,11 +133,3 @@ def _demo(args: argparse.Namespace) -> int:
 
     return run_demo(args.output)
 
-
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    root = logging.getLogger("pipeline")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False

@@ -58,6 +58,11 @@ class JobConfig:
     timeout: float = 120.0
     limit: int | None = None
     dry_run: bool = False
+    redo: bool = False  # caption every row again, whatever the output holds
+    retry_errors: bool = True  # on a rerun, try rows that failed last time again
+    grace: float = 20.0  # seconds in-flight requests get to finish after SIGTERM / Ctrl-C
+    max_consecutive_failures: int = 50  # abort after this many transient-failure rows in a row (0: never)
+    log_format: str | None = None  # "text" | "json"; None: json when stderr is not a terminal
     api_key: Secret | None = None
 
     def redact(self, text: str) -> str:
@@ -168,6 +173,10 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
     number("max_retries", int, 0, 100)
     number("timeout", float, 0.1)
     number("limit", int, 0)
+    number("grace", float, 0)
+    number("max_consecutive_failures", int, 0)
+    if out.get("log_format") not in (None, "text", "json"):
+        raise ConfigError(f"log-format must be text or json, got {out['log_format']!r}")
     for name in ("base_url", "model", "api_key_env", "prompt", "system"):
         if out.get(name) is not None and not isinstance(out[name], str):
             raise ConfigError(f"{name.replace('_', '-')} must be text, got {out[name]!r}")
@@ -175,8 +184,9 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"base-url must start with http:// or https://, got {out['base_url']!r}")
     if out.get("prompt") == "":
         raise ConfigError("prompt must not be empty")
-    if "dry_run" in out and not isinstance(out["dry_run"], bool):
-        raise ConfigError(f"dry_run must be true or false, got {out['dry_run']!r}")
+    for name in ("dry_run", "redo", "retry_errors"):
+        if name in out and not isinstance(out[name], bool):
+            raise ConfigError(f"{name} must be true or false, got {out[name]!r}")
     for option in PATH_OPTIONS:
         if out.get(option) is not None:
             out[option] = Path(out[option]).expanduser()

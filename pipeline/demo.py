@@ -33,7 +33,7 @@ def run_demo(output: str) -> int:
         print(f"demo: simulator on {base_url}; captioning sample_data/ ...", file=sys.stderr)
         env = {**os.environ, "ANYFAST_API_KEY": "demo-key-for-the-local-simulator"}
         code = subprocess.call(
-            [sys.executable, "-m", "pipeline", "caption", "--job", str(DEMO_JOB), "--base-url", base_url, "--output", output],
+            [sys.executable, "-m", "pipeline", "caption", "--job", str(DEMO_JOB), "--base-url", base_url, "--output", output, "--redo"],
             env=env,
         )
     finally:

@@ -22,6 +22,7 @@ class Counters:
     error: int = 0
     requests: int = 0  # HTTP attempts, retries included
     rows_sent: int = 0  # rows that made at least one request
+    skipped: int = 0  # rows the output already held (counted by the reader's thread)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error_types: dict[str, int] = field(default_factory=dict)
@@ -67,7 +68,7 @@ class Progress:
             c.error += 1
             c.error_types[row["error_type"]] = c.error_types.get(row["error_type"], 0) + 1
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(c.done + c.skipped - self._bar.n)
             self._bar.set_postfix_str(self._postfix(), refresh=False)
 
     async def heartbeat(self) -> None:
@@ -83,7 +84,13 @@ class Progress:
         self._last_log = time.monotonic()
         c = self.counters
         of = f"/{c.total}" if c.total is not None else ""
-        log.info("progress: %d%s rows (%d ok, %d error), %d tokens, %.1f requests/s", c.done, of, c.ok, c.error, c.tokens, self._rate())
+        skipped = f", {c.skipped} already done" if c.skipped else ""
+        log.info(
+            "progress: %d%s rows (%d ok, %d error%s), %d tokens, %.1f requests/s",
+            c.done + c.skipped, of, c.ok, c.error, skipped, c.tokens, self._rate(),
+            extra={"progress": {"done": c.done, "ok": c.ok, "error": c.error, "skipped": c.skipped, "total": c.total,
+                                "requests": c.requests, "tokens": c.tokens}},
+        )
 
     def close(self) -> None:
         if self._bar is not None:

@@ -29,6 +29,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("response_id", pa.string()),
         ("completed_at", pa.timestamp("ms", tz="UTC")),
         ("image_sha256", pa.string()),
+        ("fingerprint", pa.string()),  # of the request settings; a rerun skips ok rows whose fingerprint matches
         ("usage", pa.string()),  # the provider's usage object, as JSON, exactly as given
     ]
 )
@@ -42,6 +43,7 @@ def ok_row(
     *,
     attempts: int,
     latency_ms: float,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     usage = completion.usage
     return _row(
@@ -57,6 +59,7 @@ def ok_row(
         latency_ms=round(latency_ms, 1),
         response_id=completion.response_id,
         image_sha256=image.sha256,
+        fingerprint=fingerprint,
         usage=json.dumps(usage, separators=(",", ":")) if usage else None,
     )
 
@@ -69,6 +72,7 @@ def error_row(
     attempts: int = 0,
     latency_ms: float | None = None,
     model: str | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     return _row(
         row,
@@ -79,6 +83,7 @@ def error_row(
         error_type=error.error_type,
         error=str(error) if message is None else message,
         response_id=getattr(error, "request_id", None),
+        fingerprint=fingerprint,
     )
 
 

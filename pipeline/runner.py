@@ -2,7 +2,8 @@
 
 A bounded queue feeds `concurrency` workers, so at most that many requests are
 in flight and memory does not grow with the manifest. One aiohttp session is
-shared by all workers. Every manifest row becomes exactly one result row.
+shared by all workers. Every manifest row becomes exactly one result row; rows
+the output already holds (same id, same request fingerprint, ok) are skipped.
 """
 
 from __future__ import annotations
@@ -11,8 +12,14 @@ import asyncio
 import itertools
 import json
 import logging
+import os
+import signal
+import socket
+import threading
 import time
-from dataclasses import dataclass, field
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Iterator
 
@@ -24,8 +31,10 @@ from .errors import (
     EXIT_ABORTED,
     EXIT_OK,
     EXIT_ROWS_FAILED,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    RUN_ENDING_ERRORS,
     APIError,
-    AuthenticationError,
     ImageError,
     ManifestError,
     ManifestRowError,
@@ -33,12 +42,15 @@ from .errors import (
     RunAborted,
 )
 from .images import load_image
+from .lock import OutputLock
 from .manifest import Manifest, open_manifest
 from .progress import Counters, Progress
 from .records import ManifestRow
 from .request import build_chat_request, encode_body
 from .results import error_row, ok_row
-from .retry import RetryPolicy
+from .resume import ResumeIndex, fingerprinter
+from .retry import RetryPolicy, should_retry
+from .runlog import append_run_record
 from .writer import ResultWriter
 
 log = logging.getLogger("pipeline")
@@ -53,6 +65,7 @@ class RunSummary:
     rows: int
     ok: int
     error: int
+    skipped: int
     requests: int
     retries: int
     prompt_tokens: int
@@ -62,6 +75,7 @@ class RunSummary:
     exit_code: int
     error_types: dict[str, int] = field(default_factory=dict)
     aborted: str | None = None
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT"
     dry_run: bool = False
 
     @property
@@ -69,12 +83,15 @@ class RunSummary:
         return self.prompt_tokens + self.completion_tokens
 
     def line(self) -> str:
+        if self.rows == 0 and self.skipped and not self.dry_run:
+            return f"nothing to do: all {self.skipped} rows are already in {self.output} (0 requests sent; --redo captions them again)"
         errors = f" ({', '.join(f'{t}: {n}' for t, n in sorted(self.error_types.items()))})" if self.error_types else ""
-        what = "dry run" if self.dry_run else ("aborted" if self.aborted else "done")
+        what = "dry run" if self.dry_run else "aborted" if self.aborted else f"stopped by {self.stopped_by}" if self.stopped_by else "done"
         where = f" -> {self.output}" if self.output and not self.dry_run else ""
+        skipped = f", {self.skipped} already done" if self.skipped else ""
         dup = f", {self.duplicates} duplicate ids skipped" if self.duplicates else ""
         return (
-            f"{what} in {self.seconds:.1f} s: {self.rows} rows, {self.ok} ok, {self.error} error{errors}{dup}, "
+            f"{what} in {self.seconds:.1f} s: {self.rows} rows, {self.ok} ok, {self.error} error{errors}{skipped}{dup}, "
             f"{self.requests} requests ({self.retries} retries), {self.total_tokens} tokens{where}"
         )
 
@@ -86,29 +103,49 @@ def run_job(config: JobConfig) -> RunSummary:
 
 async def run_job_async(config: JobConfig) -> RunSummary:
     manifest = open_manifest(config.manifest)
-    total = manifest.count() if config.limit is None else min(manifest.count(), config.limit)
-    rows = manifest.rows() if config.limit is None else itertools.islice(manifest.rows(), config.limit)
-    progress = Progress(total)
     if config.dry_run:
-        return await _dry_run(config, manifest, rows, progress)
+        return await _dry_run(config, manifest)
 
-    writer = ResultWriter(config.output).open()
+    started_at = time.time()
+    stop = StopRequest()
     aborted = None
-    try:
-        connector = aiohttp.TCPConnector(limit=config.concurrency)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            job = CaptionJob(config, ChatClient(session, config.base_url, config.api_key, config.timeout), writer, progress)
-            try:
-                await run_pool(rows, job.process, config.concurrency, progress)
-            except* RunAborted as group:
-                aborted = str(group.exceptions[0])
-                log.error("%s", aborted)
-            except* ManifestError as group:  # the manifest broke mid-way; what finished is still written below
-                raise group.exceptions[0] from None
-    finally:
-        progress.close()
-        writer.close()
-    return _summary(config, manifest, progress, aborted=aborted)
+    with OutputLock(config.output):
+        writer = ResultWriter(config.output).open()
+        try:
+            index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors)
+            progress = Progress(manifest.count())
+            rows = _rows_to_do(config, manifest, index, progress.counters)
+            connector = aiohttp.TCPConnector(limit=config.concurrency)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                client = ChatClient(session, config.base_url, config.api_key, config.timeout)
+                job = CaptionJob(config, client, writer, progress)
+                with _signals_to(stop):
+                    try:
+                        await run_pool(rows, job.process, config.concurrency, progress, stop=stop, grace=config.grace)
+                    except* RunAborted as group:
+                        aborted = str(group.exceptions[0])
+                        log.error("%s", aborted)
+                    except* ManifestError as group:  # the manifest broke mid-way; what finished is still written below
+                        raise group.exceptions[0] from None
+        finally:
+            progress.close()
+            writer.close()
+        summary = _summary(config, manifest, progress, aborted=aborted, stopped_by=stop.signal)
+        append_run_record(config.output, _run_record(config, summary, started_at))
+    return summary
+
+
+def _rows_to_do(config: JobConfig, manifest: Manifest, index: ResumeIndex, counters: Counters) -> Iterator[ManifestRow]:
+    fingerprint = fingerprinter(config)
+
+    def todo() -> Iterator[ManifestRow]:
+        for row in manifest.rows():
+            if index.is_done(row.id, fingerprint(row.prompt or config.prompt)):
+                counters.skipped += 1
+            else:
+                yield row
+
+    return todo() if config.limit is None else itertools.islice(todo(), config.limit)
 
 
 class CaptionJob:
@@ -120,23 +157,36 @@ class CaptionJob:
         self.writer = writer
         self.progress = progress
         self.retry = RetryPolicy(max_retries=config.max_retries)
+        self.fingerprint = fingerprinter(config)
+        self.failures_in_a_row = 0
 
     async def process(self, row: ManifestRow) -> None:
-        result = await self._caption(row)
+        result, error = await self._caption(row)
         self.writer.write(result)
         self.progress.record(result)
-        if result["error_type"] == AuthenticationError.error_type:
+        if isinstance(error, RUN_ENDING_ERRORS):
             # Every other request would fail the same way: stop now, keep what finished.
             raise RunAborted(f"aborted: {result['error']}")
+        if error is None:
+            self.failures_in_a_row = 0
+        elif should_retry(error):  # a transient failure that outlived its retries
+            self.failures_in_a_row += 1
+            limit = self.config.max_consecutive_failures
+            if limit and self.failures_in_a_row >= limit:
+                raise RunAborted(
+                    f"aborted: {limit} rows in a row failed after retries (last: {result['error']}); "
+                    "the endpoint looks broken, so the rest of the manifest was not sent. Rerun to continue."
+                )
 
-    async def _caption(self, row: ManifestRow) -> dict[str, Any]:
+    async def _caption(self, row: ManifestRow) -> tuple[dict[str, Any], PipelineError | None]:
+        prompt = row.prompt or self.config.prompt
+        fingerprint = self.fingerprint(prompt)
         if row.problem:
-            return self._failed(row, ManifestRowError(row.problem))
+            return self._failed(row, ManifestRowError(row.problem), fingerprint)
         try:
             image = await load_image(row)
         except ImageError as e:
-            return self._failed(row, e)
-        prompt = row.prompt or self.config.prompt
+            return self._failed(row, e, fingerprint)
         body = encode_body(build_chat_request(self.config, prompt, image.url))
         attempts = 0
         started = time.monotonic()
@@ -150,11 +200,46 @@ class CaptionJob:
         try:
             completion = await self.retry.run(attempt)
         except APIError as e:
-            return self._failed(row, e, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000)
-        return ok_row(row, image, completion, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000)
+            return self._failed(row, e, fingerprint, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000)
+        latency_ms = (time.monotonic() - started) * 1000
+        return ok_row(row, image, completion, attempts=attempts, latency_ms=latency_ms, fingerprint=fingerprint), None
 
-    def _failed(self, row: ManifestRow, error: PipelineError, **kwargs: Any) -> dict[str, Any]:
-        return error_row(row, error, message=self.config.redact(str(error)), model=self.config.model, **kwargs)
+    def _failed(self, row: ManifestRow, error: PipelineError, fingerprint: str, **kwargs: Any) -> tuple[dict[str, Any], PipelineError]:
+        message = self.config.redact(str(error))
+        return error_row(row, error, message=message, model=self.config.model, fingerprint=fingerprint, **kwargs), error
+
+
+class StopRequest:
+    """SIGTERM / Ctrl-C: the first asks to stop taking rows and let requests in flight finish; the second, to stop now."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.now = asyncio.Event()
+        self.signal: str | None = None
+
+    def __call__(self, name: str) -> None:
+        if self.signal is None:
+            self.signal = name
+            self.requested.set()
+            log.warning("%s: taking no new rows; requests in flight may finish (Ctrl-C again to stop at once)", name)
+        else:
+            self.now.set()
+            log.warning("%s again: stopping now", name)
+
+
+@contextmanager
+def _signals_to(stop: StopRequest) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # a notebook or a thread: signals are not ours to take
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig.name)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 async def run_pool(
@@ -162,34 +247,81 @@ async def run_pool(
     handle: Callable[[ManifestRow], Awaitable[None]],
     concurrency: int,
     progress: Progress,
+    *,
+    stop: StopRequest | None = None,
+    grace: float = 0.0,
 ) -> None:
-    """Feed rows through a bounded queue to `concurrency` workers; an exception in one stops them all."""
+    """Feed rows through a bounded queue to `concurrency` workers.
+
+    An exception in one worker stops them all. On a stop request no new row is
+    started; rows in flight get `grace` seconds, then they are cancelled.
+    """
     queue: asyncio.Queue[ManifestRow | None] = asyncio.Queue(maxsize=2 * concurrency)
+    closing = False
 
     async def feed() -> None:
         iterator: Iterator[ManifestRow] = iter(rows)
-        while batch := await asyncio.to_thread(lambda: list(itertools.islice(iterator, READ_BATCH))):
+        while not closing and (batch := await asyncio.to_thread(lambda: list(itertools.islice(iterator, READ_BATCH)))):
             for row in batch:
+                if closing:
+                    return
                 await queue.put(row)
+        if not closing:
+            for _ in range(concurrency):
+                await queue.put(None)
+
+    def close() -> None:
+        """Drop the rows not yet started and wake every idle worker, so that only rows in flight remain."""
+        nonlocal closing
+        closing = True
+        while not queue.empty():
+            queue.get_nowait()
         for _ in range(concurrency):
-            await queue.put(None)
+            queue.put_nowait(None)
 
     async def work() -> None:
-        while (row := await queue.get()) is not None:
+        while (row := await queue.get()) is not None and not closing:
             await handle(row)
 
-    heartbeat = asyncio.create_task(progress.heartbeat())
-    try:
+    async def pool() -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(feed())
             for _ in range(concurrency):
                 group.create_task(work())
+
+    heartbeat = asyncio.create_task(progress.heartbeat())
+    running = asyncio.create_task(pool())
+    try:
+        if stop is None:
+            await running
+            return
+        requested = asyncio.create_task(stop.requested.wait())
+        await asyncio.wait({running, requested}, return_when=asyncio.FIRST_COMPLETED)
+        requested.cancel()
+        if not running.done():
+            close()
+            now = asyncio.create_task(stop.now.wait())
+            await asyncio.wait({running, now}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            now.cancel()
+            if not running.done():
+                log.warning("stopping: cancelling the requests still in flight; they will be sent again by the next run")
+                running.cancel()
+        try:
+            await running
+        except asyncio.CancelledError:
+            if not closing:
+                raise
     finally:
         heartbeat.cancel()
+        if not running.done():
+            running.cancel()
 
 
-async def _dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[ManifestRow], progress: Progress) -> RunSummary:
+async def _dry_run(config: JobConfig, manifest: Manifest) -> RunSummary:
     """Read and check every row and image; send nothing; say what would be sent."""
+    index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors)
+    progress = Progress(manifest.count())
+    rows = _rows_to_do(config, manifest, index, progress.counters)
     invalid: list[str] = []
     example: list[dict[str, Any]] = []
 
@@ -211,7 +343,8 @@ async def _dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifes
     await run_pool(rows, check, config.concurrency, progress)
     progress.close()
     c = progress.counters
-    print(f"dry run: nothing was sent. {c.done} rows read from {manifest.path}")
+    print(f"dry run: nothing was sent. {c.done + c.skipped} rows read from {manifest.path}")
+    print(f"  already done in {config.output}: {c.skipped} rows")
     print(f"  would send {c.ok} requests to {config.base_url.rstrip('/')}/chat/completions (model {config.model})")
     if c.error:
         print(f"  {c.error} rows would fail without a request:")
@@ -223,10 +356,20 @@ async def _dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifes
     return _summary(config, manifest, progress, dry_run=True)
 
 
-def _summary(config: JobConfig, manifest: Manifest, progress: Progress, *, aborted: str | None = None, dry_run: bool = False) -> RunSummary:
+def _summary(
+    config: JobConfig,
+    manifest: Manifest,
+    progress: Progress,
+    *,
+    aborted: str | None = None,
+    stopped_by: str | None = None,
+    dry_run: bool = False,
+) -> RunSummary:
     c: Counters = progress.counters
     if aborted:
         code = EXIT_ABORTED
+    elif stopped_by:
+        code = EXIT_SIGTERM if stopped_by == "SIGTERM" else EXIT_SIGINT
     else:
         code = EXIT_ROWS_FAILED if c.error else EXIT_OK
     return RunSummary(
@@ -234,6 +377,7 @@ def _summary(config: JobConfig, manifest: Manifest, progress: Progress, *, abort
         rows=c.done,
         ok=c.ok,
         error=c.error,
+        skipped=c.skipped,
         requests=c.requests,
         retries=c.retries,
         prompt_tokens=c.prompt_tokens,
@@ -243,5 +387,21 @@ def _summary(config: JobConfig, manifest: Manifest, progress: Progress, *, abort
         exit_code=code,
         error_types=dict(c.error_types),
         aborted=aborted,
+        stopped_by=stopped_by,
         dry_run=dry_run,
     )
+
+
+def _run_record(config: JobConfig, summary: RunSummary, started_at: float) -> dict[str, Any]:
+    utc = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+    record = {
+        "run_id": uuid.uuid4().hex[:12],
+        "started_at": utc(started_at),
+        "ended_at": utc(time.time()),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "options": config.public_options(),
+        **{k: v for k, v in asdict(summary).items() if k not in ("output", "dry_run")},
+        "total_tokens": summary.total_tokens,
+    }
+    return json.loads(config.redact(json.dumps(record, default=str)))

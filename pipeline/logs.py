@@ -1,0 +1,61 @@
+"""Logging for people and for cron: text on a terminal, one JSON object per line otherwise; the API key never shows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import IO
+
+# Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        event.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        return json.dumps(event, ensure_ascii=False, default=str)
+
+
+class RedactFilter(logging.Filter):
+    """Last line of defence: whatever a message carries, the secrets in it become ***."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            for secret in self.secrets:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, None
+        return True
+
+
+_redact = RedactFilter()
+
+
+def setup_logging(log_format: str | None = None, stream: IO[str] | None = None) -> None:
+    """`log_format` None: JSON when the stream is not a terminal (cron, CI), text when it is."""
+    stream = stream or sys.stderr
+    if log_format is None:
+        log_format = "text" if stream.isatty() else "json"
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter() if log_format == "json" else logging.Formatter("%(name)s: %(message)s"))
+    handler.addFilter(_redact)
+    root = logging.getLogger("pipeline")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def redact_in_logs(secret: str | None) -> None:
+    if secret and secret not in _redact.secrets:
+        _redact.secrets.append(secret)

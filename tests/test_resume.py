@@ -1,0 +1,72 @@
+import os
+
+import pytest
+
+from pipeline.config import JobConfig
+from pipeline.errors import ConfigError, OutputLocked
+from pipeline.lock import OutputLock
+from pipeline.records import Completion, ManifestRow, PreparedImage
+from pipeline.results import error_row, ok_row
+from pipeline.errors import ServerError
+from pipeline.resume import ResumeIndex, fingerprinter
+from pipeline.writer import ResultWriter, journal_path
+
+
+def test_fingerprint_changes_with_every_request_setting_and_only_those():
+    base = JobConfig()
+    fp = fingerprinter(base)("p")
+    assert fingerprinter(JobConfig())("p") == fp  # stable across processes and runs
+    assert fingerprinter(base)("other prompt") != fp
+    for change in ({"model": "m2"}, {"system": "s"}, {"max_tokens": 7}, {"temperature": 0.1}):
+        assert fingerprinter(JobConfig(**change))("p") != fp, change
+    for same in ({"concurrency": 3}, {"timeout": 5.0}, {"max_retries": 0}, {"base_url": "http://other/v1"}):
+        assert fingerprinter(JobConfig(**same))("p") == fp, same
+
+
+def _write(out, rows):
+    writer = ResultWriter(out).open()
+    for r in rows:
+        writer.write(r)
+    writer.close()
+
+
+def _ok(i, fp):
+    row = ManifestRow(line=i, id=f"r{i}", image="x", source="/x")
+    return ok_row(row, PreparedImage("data:"), Completion("c", "stop", "m", "id", {}), attempts=1, latency_ms=1, fingerprint=fp)
+
+
+def _err(i, fp):
+    return error_row(ManifestRow(line=i, id=f"r{i}", image="x", source="/x"), ServerError("x", status=500), fingerprint=fp)
+
+
+@pytest.mark.parametrize("retry_errors", [True, False])
+def test_index_skips_ok_rows_with_the_same_fingerprint(tmp_path, retry_errors):
+    out = tmp_path / "o.parquet"
+    _write(out, [_ok(0, "A"), _ok(1, "B"), _err(2, "A")])
+    index = ResumeIndex.load(out, retry_errors=retry_errors)
+    assert index.rows_in_output == 3
+    assert index.is_done("r0", "A") and not index.is_done("r0", "B")  # a new prompt: caption again
+    assert index.is_done("r1", "B") and not index.is_done("r3", "A")
+    assert index.is_done("r2", "A") is (not retry_errors)
+
+
+def test_index_reads_a_journal_left_by_a_killed_run(tmp_path):
+    out = tmp_path / "o.parquet"
+    journal_path(out).write_text('{"id": "r5", "status": "ok", "fingerprint": "F"}\n{"id": "r6", "sta')
+    assert ResumeIndex.load(out).is_done("r5", "F")
+
+
+def test_an_output_that_is_not_ours_is_a_clear_error(tmp_path):
+    out = tmp_path / "o.parquet"
+    out.write_text("not parquet")
+    with pytest.raises(ConfigError, match="move it away or pick another --output"):
+        ResumeIndex.load(out)
+
+
+def test_lock_names_the_holder_and_is_released(tmp_path):
+    out = tmp_path / "o.parquet"
+    with OutputLock(out):
+        with pytest.raises(OutputLocked, match=f"pid {os.getpid()}"):
+            OutputLock(out).acquire()
+    with OutputLock(out):  # free again once released
+        pass
