@@ -3,9 +3,11 @@
 It answers like a provider (bearer auth, 400s for bad requests and undecodable
 images, usage counted the provider's way, SSE streaming) and misbehaves like
 one on demand: 429/5xx with Retry-After in its several spellings, dropped
-connections, requests that never finish, 200s whose body is useless. Faults
-come from seeded random rates, or from `fault_script`, which replays an exact
-sequence per image: the Nth request carrying an image gets the Nth entry.
+connections, requests that never finish, 200s whose body is useless, and
+streams that carry an error, break off or stall. Faults come from seeded random
+rates, or from `fault_script`, which replays an exact sequence per image: the
+Nth request carrying an image gets the Nth entry. `stream_style` picks the SSE
+dialect of streamed answers (see simulator_stream).
 
 It listens on loopback only and never fetches from anywhere but loopback.
 Run it with `python -m pipeline.simulator --port 0`, or in-process with
@@ -48,11 +50,12 @@ from pipeline.simulator_vision import (
     fit_caption,
     image_bytes,
 )
+from pipeline.simulator_stream import STREAM_FAULTS, STREAM_STYLES, SSEWriter, completion_chunks, error_payload
 
 DEFAULT_MODEL = "claude-sonnet-4-20250514"
 RETRY_AFTER_FORMS = ("seconds", "http-date", "ms", "none")
 MALFORMED_VARIANTS = ("not_json", "error_object", "no_choices", "null_content")
-NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed"} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
+NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed", "quota", *STREAM_FAULTS} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
 _MAX_BODY_BYTES = 50 * 1024 * 1024  # providers cap a request at tens of MB too
 _KEPT_BODIES = 1000
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
@@ -83,10 +86,15 @@ class SimulatorSettings:
     rate_reset: float = 0.0  # close the socket without an answer
     rate_hang: float = 0.0  # never answer (for hang_seconds)
     rate_malformed: float = 0.0  # 200 with an unusable body
-    hang_seconds: float = 3600.0
+    # Stream faults; a request without stream:true gets a normal answer instead (a reset for truncated).
+    rate_stream_error: float = 0.0  # an error event mid-stream, OpenAI or vLLM shape
+    rate_truncated: float = 0.0  # the connection closes mid-stream
+    rate_stall: float = 0.0  # one chunk, then silence for hang_seconds
+    hang_seconds: float = 3600.0  # how long hang and stall keep the connection open
     retry_after: float = 1.0  # seconds, advertised by 429 and 503
     retry_after_form: str = "seconds"  # one of RETRY_AFTER_FORMS
     fault_script: list[str] = field(default_factory=list)
+    stream_style: str = "lf"  # one of STREAM_STYLES
     api_key: str | None = field(default=None, repr=False)  # None: any bearer token
     model: str | None = None  # what GET /v1/models lists
     seed: int = 0
@@ -97,12 +105,16 @@ class SimulatorSettings:
         self.fault_script = [str(entry).strip().lower() for entry in self.fault_script]
         for entry in self.fault_script:
             if entry not in NAMED_FAULTS and not (entry.isdigit() and 400 <= int(entry) <= 599):
-                raise ValueError(f"unknown fault_script entry {entry!r}: use ok, reset, hang, malformed or a 4xx/5xx status")
-        rates = [self.rate_429, self.rate_5xx, self.rate_reset, self.rate_hang, self.rate_malformed]
+                raise ValueError(f"unknown fault_script entry {entry!r}: use ok, reset, hang, quota, malformed, "
+                                 f"{', '.join(STREAM_FAULTS)} or a 4xx/5xx status")
+        rates = [self.rate_429, self.rate_5xx, self.rate_reset, self.rate_hang, self.rate_malformed,
+                 self.rate_stream_error, self.rate_truncated, self.rate_stall]
         if any(not 0 <= rate <= 1 for rate in rates) or sum(rates) > 1:
             raise ValueError("fault rates must each be in [0, 1] and add up to at most 1")
         if self.retry_after_form not in RETRY_AFTER_FORMS:
             raise ValueError(f"retry_after_form must be one of {', '.join(RETRY_AFTER_FORMS)}")
+        if self.stream_style not in STREAM_STYLES:
+            raise ValueError(f"stream_style must be one of {', '.join(STREAM_STYLES)}")
         if not isinstance(self.seed, int):
             raise ValueError("seed must be an integer")
         if min(self.latency, self.jitter, self.hang_seconds, self.retry_after) < 0:
@@ -272,6 +284,7 @@ class Simulator:
     def _reseed(self) -> None:
         self._fault_rng = random.Random(self.settings.seed)
         self._jitter_rng = random.Random(self.settings.seed + 1)  # jitter never shifts fault draws
+        self._stream_rng = random.Random(self.settings.seed + 2)  # nor do fragment sizes
         self._malformed_turn = 0
 
     def configure(self, **knobs: Any) -> None:
@@ -358,7 +371,9 @@ class Simulator:
         self.stats.bodies.append(chat.record())
 
         fault = self._pick_fault(nth)
-        if fault is not None:
+        if fault in STREAM_FAULTS and not chat.stream:
+            fault = "reset" if fault == "truncated" else None  # a body cut short; the rest need a stream
+        if fault is not None and fault not in STREAM_FAULTS:
             return await self._inject(request, fault, n, chat, headers)
         assert self._http is not None
         try:
@@ -370,10 +385,13 @@ class Simulator:
             return self._bad_request(_BadRequest("Could not process image", "invalid_image"), headers)
         caption, finish_reason = fit_caption(caption, chat.max_tokens)
         usage = count_usage(width, height, chat.texts, caption)
-        counts["ok"] += 1
         completion = self._completion(n, chat.model, caption, finish_reason, usage)
+        if fault is not None:
+            self.stats.faults[fault] += 1
+        else:
+            counts["ok"] += 1
         if chat.stream:
-            return await self._stream(request, completion, chat.include_usage, headers)
+            return await self._stream(request, completion, chat.include_usage, headers, fault)
         return web.json_response(completion, headers=headers)
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -416,9 +434,14 @@ class Simulator:
         s = self.settings
         draw = self._fault_rng.random()
         for fault, rate in (("429", s.rate_429), ("5xx", s.rate_5xx), ("reset", s.rate_reset),
-                            ("hang", s.rate_hang), ("malformed", s.rate_malformed)):
+                            ("hang", s.rate_hang), ("malformed", s.rate_malformed),
+                            ("stream_error", s.rate_stream_error), ("truncated", s.rate_truncated), ("stall", s.rate_stall)):
             if draw < rate:
-                return self._fault_rng.choice(("500", "502", "503", "529")) if fault == "5xx" else fault
+                if fault == "5xx":
+                    return self._fault_rng.choice(("500", "502", "503", "529"))
+                if fault == "stream_error":
+                    return self._fault_rng.choice(("stream_error", "stream_error_vllm"))
+                return fault
             draw -= rate
         return None
 
@@ -432,15 +455,19 @@ class Simulator:
             await _drop_connection(request)
         if fault == "hang":
             self.stats.by_status["hang"] += 1  # counted now: the client usually gives up first
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.hang_seconds)
+            await self._hang()
             await _drop_connection(request)
         if fault.startswith("malformed:"):
             body = self._malformed_body(fault.partition(":")[2], n, chat.model)
             if chat.stream:
-                body = f"data: {body}\n\ndata: [DONE]\n\n"
-                return web.Response(text=body, content_type="text/event-stream", headers=headers)
+                response, writer = await self._start_stream(request, headers)
+                await writer.send([body])
+                await writer.end()
+                return response
             return web.Response(text=body, content_type="application/json", headers=headers)
+        if fault == "quota":  # OpenAI's 429 for an account out of credit: retrying does not help
+            body = _error_body("You exceeded your current quota, please check your plan and billing details.", "insufficient_quota", "insufficient_quota")
+            return web.json_response(body, status=429, headers=headers)
         return self._status_response(int(fault), headers, model=chat.model)
 
     def _status_response(self, status: int, headers: dict[str, str], model: str = "") -> web.Response:
@@ -483,25 +510,35 @@ class Simulator:
             completion["choices"][0]["message"]["content"] = None
         return json.dumps(completion)
 
-    async def _stream(self, request: web.Request, completion: dict[str, Any], include_usage: bool, headers: dict[str, str]) -> web.StreamResponse:
+    async def _start_stream(self, request: web.Request, headers: dict[str, str]) -> tuple[web.StreamResponse, SSEWriter]:
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        base = {key: completion[key] for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-        caption = completion["choices"][0]["message"]["content"]
-        step = max(1, math.ceil(len(caption) / 4))
-        events: list[dict[str, Any]] = []
-        for start in range(0, len(caption), step):
-            delta = {"content": caption[start : start + step]} | ({"role": "assistant"} if start == 0 else {})
-            events.append(base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-        finish_reason = completion["choices"][0]["finish_reason"]
-        events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
-        if include_usage:
-            events.append(base | {"choices": [], "usage": completion["usage"]})
-        for event in events:
-            await response.write(f"data: {json.dumps(event)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        return response, SSEWriter(response, self.settings.stream_style, self._stream_rng)
+
+    async def _stream(self, request: web.Request, completion: dict[str, Any], include_usage: bool,
+                      headers: dict[str, str], fault: str | None) -> web.StreamResponse:
+        """A 200 event stream; with a stream fault it goes wrong after the first content chunks."""
+        chunks = completion_chunks(completion, include_usage)
+        response, writer = await self._start_stream(request, headers)
+        if fault is None:
+            await writer.send(chunks)
+            await writer.end()
+            return response
+        content_chunks = len(chunks) - 1 - include_usage
+        await writer.send(chunks[: 1 if fault == "stall" else max(1, content_chunks // 2)])
+        if fault in ("stream_error", "stream_error_vllm"):
+            await writer.send([error_payload(fault)])
+            await writer.end(done=False)
+            return response
+        self.stats.by_status[fault] += 1  # truncated or stall: the handler never returns normally
+        if fault == "stall":
+            await self._hang()
+        await _drop_connection(request)
+
+    async def _hang(self) -> None:
+        """Wait hang_seconds, or until the simulator stops."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.settings.hang_seconds)
 
 
 # --- ways to run it ----------------------------------------------------------
@@ -606,12 +643,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in [("429", "a 429 Too Many Requests"), ("5xx", "a 500, 502, 503 or 529"), ("reset", "a dropped connection"),
                        ("hang", "no answer at all"), ("malformed", "a 200 with an unusable body")]:
         add(f"--rate-{name}", type=float, default=0.0, metavar="P", help=f"share of requests (0-1) that get {what}")
-    add("--hang-seconds", type=float, default=default.hang_seconds, metavar="SECONDS", help="how long a hung request stays open (default: %(default)s)")
+    add("--hang-seconds", type=float, default=default.hang_seconds, metavar="SECONDS", help="how long a hung request, or a stalled stream, stays open (default: %(default)s)")
     add("--retry-after", type=float, default=default.retry_after, metavar="SECONDS", help="wait advertised by 429/503 (default: %(default)s)")
     add("--retry-after-form", choices=RETRY_AFTER_FORMS, default=default.retry_after_form,
         help="Retry-After: N, Retry-After: <HTTP date>, retry-after-ms: N, or no header (default: %(default)s)")
+    for name, what in [("stream-error", "an error event inside a 200 stream (OpenAI or vLLM shape)"),
+                       ("truncated", "a stream cut off mid-way"), ("stall", "a stream that goes silent for --hang-seconds")]:
+        add(f"--rate-{name}", type=float, default=0.0, metavar="P",
+            help=f"share of requests (0-1) that get {what}; a request without stream:true is answered "
+            "normally instead (truncated: the connection drops)")
     add("--fault-script", default="", metavar="LIST",
-        help="comma-separated, e.g. 429,500,reset,hang,malformed,ok: the Nth request for an image gets the Nth entry")
+        help="comma-separated, e.g. 429,500,reset,hang,malformed,ok: the Nth request for an image gets the Nth entry; "
+        f"stream faults: {', '.join(STREAM_FAULTS)}")
+    add("--stream-style", choices=STREAM_STYLES, default=default.stream_style,
+        help="how streamed answers are written: line ends lf, crlf or cr; keepalive comments; multiline data; "
+        "fragmented writes; no_done omits [DONE] (default: %(default)s)")
     add("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")
     add("--model", default=None, help=f"model id listed by /v1/models (default: {DEFAULT_MODEL})")
     add("--seed", type=int, default=default.seed, help="seed for random faults and jitter (default: %(default)s)")

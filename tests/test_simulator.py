@@ -21,7 +21,9 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from pipeline.simulator import SimulatorSettings, count_usage, image_key, retry_after_headers, serve_in_thread
+from pipeline.errors import APIResponseError, APITimeoutError, ServerError
+from pipeline.simulator import SimulatorSettings, build_parser, count_usage, image_key, retry_after_headers, serve_in_thread
+from pipeline.sse import read_completion
 
 PROMPT = "Describe this image in one sentence."
 SYSTEM = "You write alt text."
@@ -419,3 +421,160 @@ def test_main_prints_the_listening_line_and_exits_0_on_sigterm(tmp_path):
             process.kill()
     assert process.returncode == 0
     assert out == "" and err == ""
+
+
+# --- streaming dialects and stream faults, read by the pipeline's own SSE reader --
+
+
+STREAM_BODY = chat_body(stream=True, stream_options={"include_usage": True})
+
+
+async def _read_stream(url, body, stall_timeout=2.0):
+    """POST a streaming request and read it with read_completion: (completion, time to first token)."""
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": "Bearer sk-test"}
+        async with session.post(url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+            return await read_completion(response.content, stall_timeout=stall_timeout)
+
+
+def read_stream(sim, body=STREAM_BODY, stall_timeout=2.0):
+    return asyncio.run(_read_stream(sim.base_url + "/chat/completions", body, stall_timeout))
+
+
+def raw_stream(sim, body=STREAM_BODY):
+    async def go():
+        async with aiohttp.ClientSession() as session:
+            async with session.post(sim.base_url + "/chat/completions", json=body, headers={"Authorization": "Bearer sk-test"}) as response:
+                return await response.read()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("style", ["lf", "crlf", "cr", "keepalive", "multiline", "fragmented", "no_done"])
+def test_every_stream_style_reads_as_the_plain_answer(simulator, style):
+    plain = json.loads(post(simulator)[2])
+    simulator.configure(stream_style=style)
+    completion, ttft = read_stream(simulator)
+    assert "×" in completion.caption
+    assert completion.caption == plain["choices"][0]["message"]["content"]
+    assert completion.usage == plain["usage"] and completion.finish_reason == "stop"
+    assert completion.model == "test-model" and completion.response_id.startswith("chatcmpl-sim-")
+    assert ttft is not None and ttft >= 0
+
+
+@pytest.mark.parametrize(
+    "style, check",
+    [
+        ("lf", lambda raw: b"\r" not in raw and raw.endswith(b"data: [DONE]\n\n")),
+        ("crlf", lambda raw: raw.count(b"\r\n\r\n") >= 5 and raw.endswith(b"data: [DONE]\r\n\r\n")),
+        ("cr", lambda raw: b"\n" not in raw and raw.endswith(b"data: [DONE]\r\r")),
+        ("keepalive", lambda raw: raw.startswith(b": keep-alive\n\n") and raw.count(b": keep-alive") >= 6),
+        ("multiline", lambda raw: re.search(rb'\ndata:  "choices": \[\n', raw) is not None),
+        ("fragmented", lambda raw: raw.endswith(b"data: [DONE]\r\n\r\n")),
+        ("no_done", lambda raw: b"[DONE]" not in raw and b'"finish_reason": "stop"' in raw),
+    ],
+)
+def test_stream_styles_look_as_promised_on_the_wire(simulator, style, check):
+    simulator.configure(stream_style=style)
+    raw = raw_stream(simulator)
+    assert check(raw), raw[:300]
+    assert "×".encode() in raw  # raw UTF-8, not \u00d7
+
+
+def test_fragmented_really_arrives_in_pieces(simulator):
+    simulator.configure(stream_style="fragmented")
+
+    class Recording:
+        def __init__(self, content):
+            self.content, self.pieces = content, []
+
+        async def readany(self):
+            self.pieces.append(await self.content.readany())
+            return self.pieces[-1]
+
+    async def go():
+        async with aiohttp.ClientSession() as session:
+            async with session.post(simulator.base_url + "/chat/completions", json=STREAM_BODY, headers={"Authorization": "Bearer sk-test"}) as response:
+                body = Recording(response.content)
+                return (await read_completion(body, stall_timeout=2))[0], body.pieces
+
+    completion, pieces = asyncio.run(go())
+    assert "×" in completion.caption
+    assert len(pieces) > 20  # not one read per event
+    # The hard cases reached the client as separate reads at least once.
+    assert any(piece.endswith(b"\r") for piece in pieces)
+    assert any(after[:1] and after[0] & 0xC0 == 0x80 for after in pieces[1:])
+
+
+@pytest.mark.parametrize("fault, error, status", [("stream_error", APIResponseError, None), ("stream_error_vllm", ServerError, 500)])
+def test_an_error_inside_the_stream_raises_the_matching_class(simulator, fault, error, status):
+    simulator.configure(fault_script=[fault])
+    with pytest.raises(error, match="inside the stream") as info:
+        read_stream(simulator)
+    assert type(info.value) is error and getattr(info.value, "status", None) == status
+    stats = simulator.stats()
+    assert stats["faults"] == {fault: 1} and stats["by_status"] == {"200": 1}
+    assert stats["images"][image_key(BLUE_PNG)] == {"requests": 1, "ok": 0}
+    assert read_stream(simulator)[0].caption  # past the end of the script
+
+
+def test_a_truncated_stream_is_a_bad_response_not_a_caption(simulator):
+    simulator.configure(fault_script=["truncated"])
+    with pytest.raises(APIResponseError, match=r"truncated\): the connection broke"):
+        read_stream(simulator)
+    assert simulator.stats()["by_status"] == {"truncated": 1}
+
+
+def test_a_stalled_stream_times_out(simulator):
+    simulator.configure(fault_script=["stall"], hang_seconds=30)
+    started = time.monotonic()
+    with pytest.raises(APITimeoutError, match="silent for more than 0.3 s"):
+        read_stream(simulator, stall_timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 2
+    assert simulator.stats()["by_status"] == {"stall": 1}
+
+
+def test_stream_faults_on_a_plain_request(simulator):
+    simulator.configure(fault_script=["stream_error", "stream_error_vllm", "stall", "truncated"])
+    assert [post(simulator)[0] for _ in range(3)] == [200, 200, 200]
+    with pytest.raises(aiohttp.ClientConnectionError):
+        post(simulator)
+    stats = simulator.stats()
+    assert stats["faults"] == {"reset": 1} and stats["images"][image_key(BLUE_PNG)] == {"requests": 4, "ok": 3}
+
+
+def test_malformed_answers_are_streamed_in_the_chosen_style(simulator):
+    simulator.configure(fault_script=["malformed"] * 4, stream_style="crlf")
+    for fragment in ("not JSON", "inside the stream", "no content", "no content"):
+        with pytest.raises(APIResponseError, match=fragment):
+            read_stream(simulator)
+
+
+def test_random_stream_faults_are_seeded(simulator):
+    simulator.configure(rate_stream_error=0.4, rate_truncated=0.3, seed=3)
+
+    def outcomes():
+        kinds = []
+        for _ in range(10):
+            try:
+                read_stream(simulator)
+                kinds.append("ok")
+            except (APIResponseError, ServerError) as exc:
+                kinds.append(type(exc).__name__ + ("/truncated" if "truncated" in str(exc) else ""))
+        return kinds
+
+    first = outcomes()
+    simulator.reset()
+    assert outcomes() == first
+    assert {"ok", "APIResponseError/truncated"} <= set(first) and set(first) <= {"ok", "APIResponseError", "ServerError", "APIResponseError/truncated"}
+
+
+def test_stream_settings_are_checked():
+    with pytest.raises(ValueError, match="stream_style"):
+        SimulatorSettings(stream_style="lines")
+    with pytest.raises(ValueError, match="add up"):
+        SimulatorSettings(rate_stall=0.6, rate_truncated=0.6)
+    assert SimulatorSettings(fault_script="stall,truncated,stream_error_vllm").fault_script == ["stall", "truncated", "stream_error_vllm"]
+    args = build_parser().parse_args(["--stream-style", "fragmented", "--rate-stream-error", "0.1", "--rate-stall", "0.2"])
+    assert (args.stream_style, args.rate_stream_error, args.rate_stall, args.rate_truncated) == ("fragmented", 0.1, 0.2, 0.0)
