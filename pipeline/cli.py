@@ -73,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-consecutive-failures", type=int, metavar="N",
         help=f"abort (exit 3) after N rows in a row fail after retries, 0 for never (default {D.max_consecutive_failures})",
     )
+    c.add_argument("--max-image-side", type=int, metavar="PX", help=f"scale images down so the long edge is at most this (default {D.max_image_side})")
+    c.add_argument("--max-image-bytes", type=int, metavar="N", help=f"largest base64 image payload; bigger images are re-encoded smaller (default {D.max_image_bytes})")
+    c.add_argument("--fetch-remote", action="store_true", default=None, help="download http(s) images and send them inline, prepared like local files")
+    c.add_argument("--allow-private-urls", action="store_true", default=None, help="let --fetch-remote reach loopback, private and link-local addresses")
+    c.add_argument("--image-detail", choices=("low", "high", "auto"), help="image detail for OpenAI-style models (default: not sent)")
+    c.add_argument("--stream", action="store_true", default=None, help="ask for a streamed answer (stream: true, with usage in the last chunk)")
+    c.add_argument("--stall-timeout", type=float, metavar="SECONDS", help=f"with --stream, longest silence between chunks (default {D.stall_timeout:g})")
+    c.add_argument(
+        "--max-tokens-field", choices=("auto", "max_tokens", "max_completion_tokens"),
+        help="which field carries --max-tokens; auto picks max_completion_tokens for OpenAI reasoning models (default auto)",
+    )
     c.add_argument("--log-format", choices=("text", "json"), help="log as text or one JSON object per line (default: json when stderr is not a terminal)")
     c.set_defaults(func=_caption)
 
@@ -116,7 +127,8 @@ def _caption(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in ("manifest", "output", "base_url", "model", "api_key_env", "prompt", "system", "max_tokens",
                      "temperature", "concurrency", "max_retries", "timeout", "limit", "dry_run", "redo", "retry_errors",
-                     "grace", "max_consecutive_failures", "log_format")
+                     "grace", "max_consecutive_failures", "log_format", "max_image_side", "max_image_bytes", "fetch_remote",
+                     "allow_private_urls", "image_detail", "stream", "stall_timeout", "max_tokens_field")
     }
     config = load_config(flags, job_file=args.job)
     if config.api_key:

@@ -1,8 +1,11 @@
-"""The only module that touches the network: one POST, classified once into a Completion or a typed error."""
+"""The only module that talks to the provider: one POST, classified once into a Completion or a typed error."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
+from typing import Mapping
 
 import aiohttp
 
@@ -16,6 +19,7 @@ from .errors import (
 from .records import Completion
 from .response import parse_completion, parse_error_body
 from .retry import retry_after_seconds
+from .sse import read_completion
 
 _HINTS = {
     401: "check the API key in the environment variable named by --api-key-env",
@@ -25,22 +29,36 @@ _HINTS = {
 
 
 class ChatClient:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: Secret | None, timeout: float):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: Secret | None,
+        timeout: float,
+        *,
+        stall_timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ):
         self._session = session
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
+        self._headers = {"Content-Type": "application/json", **(extra_headers or {})}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key.reveal()}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.timeout_seconds = timeout
+        self._stall_timeout = stall_timeout
 
-    async def complete(self, body: bytes) -> Completion:
+    async def complete(self, body: bytes, *, stream: bool = False) -> Completion:
         """Send one already-encoded request; no retries here (see retry.RetryPolicy)."""
+        sent_at = time.monotonic()
         try:
             async with self._session.post(self.url, data=body, headers=self._headers, timeout=self._timeout) as response:
-                raw = await response.read()
                 if response.status != 200:
-                    raise self._status_error(response, raw)
+                    raise self._status_error(response, await response.read())
+                if stream:
+                    completion, ttft = await read_completion(response.content, stall_timeout=self._stall_timeout, started_at=sent_at)
+                    return dataclasses.replace(completion, time_to_first_token=ttft)
+                raw = await response.read()
         except asyncio.TimeoutError:
             raise APITimeoutError(f"no answer from {self.url} within {self.timeout_seconds:g} s (raise --timeout if the provider is slow)") from None
         except aiohttp.ClientError as e:
@@ -52,7 +70,7 @@ class ChatClient:
         hint = _HINTS.get(response.status)
         text = f"HTTP {response.status} from the provider: {message}" + (f" ({hint})" if hint else "")
         should_retry = response.headers.get("x-should-retry")
-        return status_error_class(response.status, code)(
+        return status_error_class(response.status, code, message)(
             text,
             status=response.status,
             request_id=response.headers.get("x-request-id"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -63,6 +63,18 @@ class JobConfig:
     grace: float = 20.0  # seconds in-flight requests get to finish after SIGTERM / Ctrl-C
     max_consecutive_failures: int = 50  # abort after this many transient-failure rows in a row (0: never)
     log_format: str | None = None  # "text" | "json"; None: json when stderr is not a terminal
+    # Images
+    max_image_side: int = 1568  # Anthropic scales anything longer down anyway
+    max_image_bytes: int = 5 * 1024 * 1024  # of the base64 payload; Anthropic refuses more
+    fetch_remote: bool = False  # download http(s) images and send them inline
+    allow_private_urls: bool = False  # let --fetch-remote reach loopback/private/link-local addresses
+    image_detail: str | None = None  # "low" | "high" | "auto", for OpenAI-style models
+    # Provider compatibility
+    stream: bool = False
+    stall_timeout: float = 60.0  # longest silence between two chunks of a stream
+    max_tokens_field: str = "auto"  # "max_tokens" | "max_completion_tokens" | "auto" (by model name)
+    extra_body: dict[str, Any] = field(default_factory=dict)  # merged into every request body (job file only)
+    extra_headers: dict[str, str] = field(default_factory=dict)  # sent with every request (job file only)
     api_key: Secret | None = None
 
     def redact(self, text: str) -> str:
@@ -73,11 +85,10 @@ class JobConfig:
 
     def public_options(self) -> dict[str, Any]:
         """The effective options, safe to log or record (no key)."""
-        return {
-            f.name: (str(getattr(self, f.name)) if isinstance(getattr(self, f.name), Path) else getattr(self, f.name))
-            for f in fields(self)
-            if f.name != "api_key"
-        }
+        options = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
+        options.update({name: str(options[name]) for name in PATH_OPTIONS if options[name] is not None})
+        options["extra_headers"] = sorted(self.extra_headers)  # names only: a header may carry a credential
+        return options
 
 
 OPTION_NAMES = frozenset(f.name for f in fields(JobConfig)) - {"api_key"}
@@ -174,6 +185,20 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
     number("timeout", float, 0.1)
     number("limit", int, 0)
     number("grace", float, 0)
+    number("max_image_side", int, 64, 10_000)
+    number("max_image_bytes", int, 10_000)
+    number("stall_timeout", float, 0.1)
+    for name, allowed in (("image_detail", (None, "low", "high", "auto")), ("max_tokens_field", (None, "auto", "max_tokens", "max_completion_tokens"))):
+        if out.get(name) not in allowed:
+            raise ConfigError(f"{name.replace('_', '-')} must be one of {', '.join(a for a in allowed if a)}, got {out[name]!r}")
+    for name in ("extra_body", "extra_headers"):
+        if out.get(name) is not None and not isinstance(out[name], dict):
+            raise ConfigError(f"{name} must be a table in the job file, e.g. [{name}]")
+    if "messages" in out.get("extra_body", {}):
+        raise ConfigError("extra_body may not set messages: the job builds them from the prompt and the image")
+    if any(str(h).lower() == "authorization" for h in out.get("extra_headers", {})):
+        raise ConfigError("extra_headers may not set Authorization: the key is read from the environment only (--api-key-env)")
+    out["extra_headers"] = {str(k): str(v) for k, v in out.get("extra_headers", {}).items()}
     number("max_consecutive_failures", int, 0)
     if out.get("log_format") not in (None, "text", "json"):
         raise ConfigError(f"log-format must be text or json, got {out['log_format']!r}")
@@ -184,7 +209,7 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"base-url must start with http:// or https://, got {out['base_url']!r}")
     if out.get("prompt") == "":
         raise ConfigError("prompt must not be empty")
-    for name in ("dry_run", "redo", "retry_errors"):
+    for name in ("dry_run", "redo", "retry_errors", "fetch_remote", "allow_private_urls", "stream"):
         if name in out and not isinstance(out[name], bool):
             raise ConfigError(f"{name} must be true or false, got {out[name]!r}")
     for option in PATH_OPTIONS:

@@ -81,6 +81,24 @@ class NotAnImageError(ImageError):
     error_type = "not_an_image"
 
 
+class ImageTooLargeError(ImageError):
+    """A decompression bomb or an absurd pixel count, refused from the header."""
+
+    error_type = "image_too_large"
+
+
+class RemoteImageError(ImageError):
+    """--fetch-remote could not download a URL."""
+
+    error_type = "remote_image_error"
+
+
+class BlockedURLError(RemoteImageError):
+    """A URL that resolves to a loopback, private or link-local address (SSRF guard)."""
+
+    error_type = "url_blocked"
+
+
 class APIError(RowError):
     """Anything that went wrong talking to the provider."""
 
@@ -131,6 +149,12 @@ class BadRequestError(APIStatusError):
     error_type = "bad_request"
 
 
+class ImageURLTimeoutError(BadRequestError):
+    """The provider timed out downloading an image URL: a 400 that is worth retrying."""
+
+    error_type = "image_url_timeout"
+
+
 class AuthenticationError(APIStatusError):
     """401/403: every other request would fail the same way, so the run aborts."""
 
@@ -155,9 +179,12 @@ class ServerError(APIStatusError):
     error_type = "server_error"
 
 
-def status_error_class(status: int, code: str | None = None) -> type[APIStatusError]:
+def status_error_class(status: int, code: str | None = None, message: str = "") -> type[APIStatusError]:
     if status == 429 and code == "insufficient_quota":
         return QuotaExhaustedError
+    # OpenAI's "Timeout while downloading <url>": its code is shared with bad URLs, so the wording decides.
+    if status == 400 and code == "invalid_image_url" and "timeout" in message.lower():
+        return ImageURLTimeoutError
     if status in (401, 403):
         return AuthenticationError
     if status == 404:

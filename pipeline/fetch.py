@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from .errors import ImageError
+from .errors import BlockedURLError, RemoteImageError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # An address policy: why an address may not be fetched from, or None when it may.
@@ -31,14 +31,6 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _METADATA = ipaddress.ip_address("169.254.169.254")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _REDIRECTS = (301, 302, 303, 307, 308)
-
-
-class RemoteImageError(ImageError):
-    error_type = "remote_image_error"
-
-
-class BlockedURLError(RemoteImageError):
-    error_type = "url_blocked"
 
 
 def blocked_reason(ip: IPAddress) -> str | None:

@@ -12,16 +12,17 @@ Pure and synchronous: images.py calls it inside its worker thread.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from io import BytesIO
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, ImageUnreadableError
+from .errors import ImageTooLargeError, ImageUnreadableError
 
-
-class ImageTooLargeError(ImageError):
-    error_type = "image_too_large"
+# We refuse oversized images ourselves (_check_pixels) before any decode, with a
+# clear error row; Pillow's own warning would only be noise on stderr.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +77,18 @@ def prepare_image(
         raise ImageTooLargeError(
             f"image is too large to decode safely ({exc}); resize it before captioning"
         ) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageUnreadableError(f"corrupt {mime} image: Pillow cannot parse its header") from exc
+    except UnidentifiedImageError as exc:  # Pillow's own text names a BytesIO object, which helps nobody
+        raise ImageUnreadableError(f"corrupt or truncated {_name(mime)}: Pillow cannot parse its header") from exc
     except (OSError, ValueError, EOFError, SyntaxError) as exc:  # what Pillow's decoders raise on bad data
-        raise ImageUnreadableError(f"corrupt or truncated {mime} image: {exc}") from exc
+        raise ImageUnreadableError(f"corrupt or truncated {_name(mime)}: {exc}") from exc
     out_format = "PNG" if fixed.mode == "RGBA" else "JPEG"
     fixed, encoded = _encode_to_fit(fixed, out_format, max_bytes)
     return PreparedBytes(encoded, f"image/{out_format.lower()}", *fixed.size, width, height, changed=True)
+
+
+def _name(mime: str) -> str:
+    """image/webp -> WebP: the name people know a format by."""
+    return {"image/webp": "WebP"}.get(mime, mime.partition("/")[2].upper())
 
 
 def base64_len(num_bytes: int) -> int:

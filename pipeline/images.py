@@ -1,9 +1,11 @@
 """Image loading: a manifest row becomes the `image_url` a request sends.
 
-Remote URLs pass through untouched. Local files are read with aiofiles, then
-checked and encoded in one worker thread, so the event loop stays free for the
-requests in flight. The MIME type comes from the file's first bytes, never its
-name: a PNG called `x.jpg` is sent as image/png.
+Local files are read with aiofiles; with `--fetch-remote`, URLs are downloaded
+(fetch.py guards where). The bytes are then checked and prepared for the
+provider (imageprep.py) and encoded in one worker thread, so the event loop
+stays free for the requests in flight. The MIME type comes from the bytes,
+never the name: a PNG called `x.jpg` is sent as image/png. Without
+`--fetch-remote`, URLs pass through for the provider to fetch.
 """
 
 from __future__ import annotations
@@ -13,24 +15,16 @@ import base64
 import codecs
 import hashlib
 import os
-from io import BytesIO
 
 import aiofiles
-from PIL import Image, UnidentifiedImageError
+import aiohttp
 
-from .errors import ImageEmptyError, ImageMissingError, ImageUnreadableError, NotAnImageError
+from .errors import ImageEmptyError, ImageError, ImageMissingError, ImageUnreadableError, NotAnImageError
+from .fetch import fetch_image
+from .imageprep import prepare_image
 from .records import ManifestRow, PreparedImage
 
-# MIME type -> (name for people, Pillow's format name).
-_FORMATS = {
-    "image/jpeg": ("JPEG", "JPEG"),
-    "image/png": ("PNG", "PNG"),
-    "image/gif": ("GIF", "GIF"),
-    "image/webp": ("WebP", "WEBP"),
-    "image/bmp": ("BMP", "BMP"),
-    "image/tiff": ("TIFF", "TIFF"),
-}
-_KNOWN = "/".join(name for name, _ in _FORMATS.values())
+_KNOWN = "JPEG/PNG/GIF/WebP/BMP/TIFF"
 
 
 def sniff_mime(head: bytes) -> str | None:
@@ -50,15 +44,61 @@ def sniff_mime(head: bytes) -> str | None:
     return None
 
 
+class ImageLoader:
+    """Built once per run with the job's image settings; `load` is called once per row."""
+
+    def __init__(
+        self,
+        *,
+        max_side: int = 1568,
+        max_bytes: int = 5 * 1024 * 1024,
+        fetch_session: aiohttp.ClientSession | None = None,
+        fetch_timeout: float = 30.0,
+    ):
+        self.max_side = max_side
+        self.max_bytes = max_bytes
+        self._fetch_session = fetch_session
+        self._fetch_timeout = fetch_timeout
+
+    async def load(self, row: ManifestRow) -> PreparedImage:
+        """Read, check and prepare a row's image; raise an ImageError a person can act on."""
+        if row.is_remote:
+            if self._fetch_session is None:
+                return PreparedImage(url=row.source)
+            where = row.source
+            # A download may be larger than what we send: it is scaled down after.
+            data = await fetch_image(row.source, self._fetch_session, max_bytes=4 * self.max_bytes, timeout=self._fetch_timeout)
+        else:
+            where = os.path.abspath(row.source)
+            data = await _read(where)
+        if not data:
+            raise ImageEmptyError(f"image is empty (0 bytes): {where}")
+        return await asyncio.to_thread(self._prepare, where, data)
+
+    def _prepare(self, where: str, data: bytes) -> PreparedImage:
+        """The CPU-bound part, run in a worker thread: sniff, prepare, hash, encode."""
+        mime = sniff_mime(data[:16])
+        if mime is None:
+            raise NotAnImageError(f"{where} is not an image ({_describe(data)}, not {_KNOWN})")
+        try:
+            prepared = prepare_image(data, mime, max_side=self.max_side, max_bytes=self.max_bytes)
+        except ImageError as e:
+            raise type(e)(f"{where}: {e}") from e
+        return PreparedImage(
+            url=f"data:{prepared.mime};base64,{base64.b64encode(prepared.data).decode('ascii')}",
+            mime=prepared.mime,
+            sha256=hashlib.sha256(prepared.data).hexdigest(),
+            num_bytes=len(prepared.data),
+            width=prepared.width,
+            height=prepared.height,
+            original_width=prepared.original_width,
+            original_height=prepared.original_height,
+        )
+
+
 async def load_image(row: ManifestRow) -> PreparedImage:
-    """Read and check a row's image; raise an ImageError a person can act on."""
-    if row.is_remote:
-        return PreparedImage(url=row.source)
-    path = os.path.abspath(row.source)
-    data = await _read(path)
-    if not data:
-        raise ImageEmptyError(f"image file is empty (0 bytes): {path}")
-    return await asyncio.to_thread(_prepare, path, data)
+    """One row with the default settings (a convenience for notebooks and tests)."""
+    return await ImageLoader().load(row)
 
 
 async def _read(path: str) -> bytes:
@@ -73,38 +113,6 @@ async def _read(path: str) -> bytes:
         raise ImageUnreadableError(f"cannot read image file (permission denied): {path}") from exc
     except OSError as exc:
         raise ImageUnreadableError(f"cannot read image file ({exc.strerror or exc}): {path}") from exc
-
-
-def _prepare(path: str, data: bytes) -> PreparedImage:
-    """The CPU-bound part, run in a worker thread: sniff, check the header, hash, encode."""
-    mime = sniff_mime(data[:16])
-    if mime is None:
-        raise NotAnImageError(f"{path} is not an image ({_describe(data)}, not {_KNOWN})")
-    _check_header(path, data, mime)
-    b64 = base64.b64encode(data).decode("ascii")
-    return PreparedImage(
-        url=f"data:{mime};base64,{b64}",
-        mime=mime,
-        sha256=hashlib.sha256(data).hexdigest(),
-        num_bytes=len(data),
-    )
-
-
-def _check_header(path: str, data: bytes, mime: str) -> None:
-    """Let Pillow parse the header (size, mode) without decoding any pixels."""
-    name, pillow_format = _FORMATS[mime]
-    try:
-        with Image.open(BytesIO(data), formats=[pillow_format]) as im:
-            _ = im.size  # read from the header; no pixels are decoded
-    except Image.DecompressionBombError as exc:
-        raise ImageUnreadableError(f"{path} is too large to load safely: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        # Pillow's own text here names a BytesIO object, which helps nobody.
-        raise ImageUnreadableError(
-            f"{path} is a corrupt or truncated {name}: Pillow cannot parse its header"
-        ) from exc
-    except Exception as exc:  # Pillow's parsers raise OSError, ValueError, EOFError... on bad input
-        raise ImageUnreadableError(f"{path} is a corrupt or truncated {name}: {exc}") from exc
 
 
 def _describe(data: bytes) -> str:

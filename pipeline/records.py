@@ -34,7 +34,11 @@ class PreparedImage:
     url: str  # a data: URL for local files, the URL itself for remote images
     mime: str | None = None  # sniffed from the content, None for pass-through URLs
     sha256: str | None = None  # of the image bytes sent, None for pass-through URLs
-    num_bytes: int | None = None
+    num_bytes: int | None = None  # of the image bytes sent
+    width: int | None = None  # size sent
+    height: int | None = None
+    original_width: int | None = None  # size of the file as found
+    original_height: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +50,4 @@ class Completion:
     model: str | None
     response_id: str | None
     usage: dict[str, Any]
+    time_to_first_token: float | None = None  # seconds, streamed answers only

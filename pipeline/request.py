@@ -3,33 +3,48 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .config import JobConfig
+
+# OpenAI's reasoning models refuse `max_tokens` and want `max_completion_tokens`.
+_COMPLETION_TOKENS_MODELS = re.compile(r"^(?:[\w.-]+/)?(?:o\d|gpt-5)")
+
+
+def max_tokens_field(config: JobConfig) -> str:
+    if config.max_tokens_field != "auto":
+        return config.max_tokens_field
+    return "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(config.model) else "max_tokens"
 
 
 def build_chat_request(config: JobConfig, prompt: str, image_url: str) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     if config.system:
         messages.append({"role": "system", "content": config.system})
+    image: dict[str, Any] = {"url": image_url}
+    if config.image_detail:
+        image["detail"] = config.image_detail
     messages.append(
         {
             "role": "user",
             "content": [
                 {"type": "text", "text": prompt},
-                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": "image_url", "image_url": image},
             ],
         }
     )
     body: dict[str, Any] = {
         "model": config.model,
         "messages": messages,
-        "max_tokens": config.max_tokens,
-        "stream": False,
+        max_tokens_field(config): config.max_tokens,
+        "stream": config.stream,
     }
+    if config.stream:
+        body["stream_options"] = {"include_usage": True}
     if config.temperature is not None:
         body["temperature"] = config.temperature
-    return body
+    return {**body, **config.extra_body}
 
 
 def encode_body(body: dict[str, Any]) -> bytes:

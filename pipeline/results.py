@@ -31,6 +31,14 @@ OUTPUT_SCHEMA = pa.schema(
         ("image_sha256", pa.string()),
         ("fingerprint", pa.string()),  # of the request settings; a rerun skips ok rows whose fingerprint matches
         ("usage", pa.string()),  # the provider's usage object, as JSON, exactly as given
+        ("cached_tokens", pa.int64()),  # usage details, when the provider reports them
+        ("reasoning_tokens", pa.int64()),
+        ("image_tokens", pa.int64()),
+        ("ttft_ms", pa.float64()),  # time to first token, streamed answers only
+        ("width", pa.int32()),  # size of the image sent
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),  # size of the image as found
+        ("original_height", pa.int32()),
     ]
 )
 OUTPUT_COLUMNS = frozenset(OUTPUT_SCHEMA.names)
@@ -61,6 +69,14 @@ def ok_row(
         image_sha256=image.sha256,
         fingerprint=fingerprint,
         usage=json.dumps(usage, separators=(",", ":")) if usage else None,
+        cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens") or _int(usage.get("cache_read_input_tokens")),
+        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
+        image_tokens=_detail(usage, "prompt_tokens_details", "image_tokens"),
+        ttft_ms=round(completion.time_to_first_token * 1000, 1) if completion.time_to_first_token is not None else None,
+        width=image.width,
+        height=image.height,
+        original_width=image.original_width,
+        original_height=image.original_height,
     )
 
 
@@ -97,6 +113,11 @@ def _row(row: ManifestRow, **fields: Any) -> dict[str, Any]:
         # A manifest column that clashes with one of ours is kept under another name.
         out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = value
     return out
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> int | None:
+    details = usage.get(group)
+    return _int(details.get(name)) if isinstance(details, dict) else None
 
 
 def _int(value: Any) -> int | None:

@@ -1,8 +1,8 @@
 """What is left to do: the request fingerprint, and an index of the rows the output already holds.
 
 A row is done when the output has an ok row for its id made with the same
-fingerprint (model, prompt, system, max_tokens, temperature, and image
-preparation settings). Change any of those and the row is captioned again.
+fingerprint (model, prompt, system, max_tokens, temperature, and the image
+and request settings that change what is sent). Change any of those and the row is captioned again.
 Finding what is left reads only three columns of the output, never an image.
 """
 
@@ -33,6 +33,10 @@ def fingerprinter(config: JobConfig) -> Callable[[str], str]:
     }
     # A setting added later goes in only when it differs from its default, so
     # that existing outputs keep their fingerprints when the code grows.
+    defaults = JobConfig()
+    for name in ("max_image_side", "max_image_bytes", "image_detail", "fetch_remote", "extra_body"):
+        if getattr(config, name) != getattr(defaults, name):
+            settings[name] = getattr(config, name)
 
     @lru_cache(maxsize=4096)
     def fingerprint(prompt: str) -> str:

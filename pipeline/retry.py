@@ -18,7 +18,14 @@ from typing import Awaitable, Callable, Mapping, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from .errors import APIConnectionError, APIResponseError, APIStatusError, APITimeoutError, QuotaExhaustedError
+from .errors import (
+    APIConnectionError,
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    ImageURLTimeoutError,
+    QuotaExhaustedError,
+)
 
 T = TypeVar("T")
 
@@ -64,6 +71,8 @@ def should_retry(error: BaseException) -> bool:
             return error.should_retry
         if isinstance(error, QuotaExhaustedError):  # money, not load: waiting will not help
             return False
+        if isinstance(error, ImageURLTimeoutError):  # the provider's download timed out: another try may not
+            return True
         return error.status in RETRYABLE_STATUSES or error.status >= 500
     return isinstance(error, (APIConnectionError, APITimeoutError, APIResponseError))
 

@@ -18,10 +18,10 @@ import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import aiohttp
 
@@ -41,7 +41,8 @@ from .errors import (
     PipelineError,
     RunAborted,
 )
-from .images import load_image
+from .fetch import make_fetch_session
+from .images import ImageLoader
 from .lock import OutputLock
 from .manifest import Manifest, open_manifest
 from .progress import Counters, Progress
@@ -116,9 +117,12 @@ async def run_job_async(config: JobConfig) -> RunSummary:
             progress = Progress(manifest.count())
             rows = _rows_to_do(config, manifest, index, progress.counters)
             connector = aiohttp.TCPConnector(limit=config.concurrency)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                client = ChatClient(session, config.base_url, config.api_key, config.timeout)
-                job = CaptionJob(config, client, writer, progress)
+            async with aiohttp.ClientSession(connector=connector) as session, _image_loader(config) as images:
+                client = ChatClient(
+                    session, config.base_url, config.api_key, config.timeout,
+                    stall_timeout=config.stall_timeout, extra_headers=config.extra_headers,
+                )
+                job = CaptionJob(config, images, client, writer, progress)
                 with _signals_to(stop):
                     try:
                         await run_pool(rows, job.process, config.concurrency, progress, stop=stop, grace=config.grace)
@@ -133,6 +137,18 @@ async def run_job_async(config: JobConfig) -> RunSummary:
         summary = _summary(config, manifest, progress, aborted=aborted, stopped_by=stop.signal)
         append_run_record(config.output, _run_record(config, summary, started_at))
     return summary
+
+
+@asynccontextmanager
+async def _image_loader(config: JobConfig) -> AsyncIterator[ImageLoader]:
+    """The job's image settings, with a guarded download session when --fetch-remote is on."""
+    if not config.fetch_remote:
+        yield ImageLoader(max_side=config.max_image_side, max_bytes=config.max_image_bytes)
+        return
+    async with make_fetch_session(allow_private=config.allow_private_urls) as fetch_session:
+        yield ImageLoader(
+            max_side=config.max_image_side, max_bytes=config.max_image_bytes, fetch_session=fetch_session, fetch_timeout=config.timeout
+        )
 
 
 def _rows_to_do(config: JobConfig, manifest: Manifest, index: ResumeIndex, counters: Counters) -> Iterator[ManifestRow]:
@@ -151,8 +167,9 @@ def _rows_to_do(config: JobConfig, manifest: Manifest, index: ResumeIndex, count
 class CaptionJob:
     """What happens to one row: load the image, send it (with retries), write the result."""
 
-    def __init__(self, config: JobConfig, client: ChatClient, writer: ResultWriter, progress: Progress):
+    def __init__(self, config: JobConfig, images: ImageLoader, client: ChatClient, writer: ResultWriter, progress: Progress):
         self.config = config
+        self.images = images
         self.client = client
         self.writer = writer
         self.progress = progress
@@ -184,7 +201,7 @@ class CaptionJob:
         if row.problem:
             return self._failed(row, ManifestRowError(row.problem), fingerprint)
         try:
-            image = await load_image(row)
+            image = await self.images.load(row)
         except ImageError as e:
             return self._failed(row, e, fingerprint)
         body = encode_body(build_chat_request(self.config, prompt, image.url))
@@ -195,7 +212,7 @@ class CaptionJob:
             nonlocal attempts, started
             attempts += 1
             started = time.monotonic()
-            return await self.client.complete(body)
+            return await self.client.complete(body, stream=self.config.stream)
 
         try:
             completion = await self.retry.run(attempt)
@@ -325,22 +342,24 @@ async def _dry_run(config: JobConfig, manifest: Manifest) -> RunSummary:
     invalid: list[str] = []
     example: list[dict[str, Any]] = []
 
-    async def check(row: ManifestRow) -> None:
-        try:
-            if row.problem:
-                raise ManifestRowError(row.problem)
-            image = await load_image(row)
-        except (ImageError, ManifestRowError) as e:
-            progress.record(error_row(row, e))
-            if len(invalid) < 20:
-                invalid.append(f"  {row.id}: {e.error_type}: {e}")
-            return
-        progress.record({"status": "ok"})
-        if not example:
-            shown = image.url if len(image.url) <= 80 else image.url[:60] + f"...<{len(image.url)} characters>"
-            example.append(build_chat_request(config, row.prompt or config.prompt, shown))
+    async with _image_loader(config) as images:
 
-    await run_pool(rows, check, config.concurrency, progress)
+        async def check(row: ManifestRow) -> None:
+            try:
+                if row.problem:
+                    raise ManifestRowError(row.problem)
+                image = await images.load(row)
+            except (ImageError, ManifestRowError) as e:
+                progress.record(error_row(row, e))
+                if len(invalid) < 20:
+                    invalid.append(f"  {row.id}: {e.error_type}: {e}")
+                return
+            progress.record({"status": "ok"})
+            if not example:
+                shown = image.url if len(image.url) <= 80 else image.url[:60] + f"...<{len(image.url)} characters>"
+                example.append(build_chat_request(config, row.prompt or config.prompt, shown))
+
+        await run_pool(rows, check, config.concurrency, progress)
     progress.close()
     c = progress.counters
     print(f"dry run: nothing was sent. {c.done + c.skipped} rows read from {manifest.path}")

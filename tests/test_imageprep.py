@@ -8,7 +8,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from pipeline.errors import ImageUnreadableError
-from pipeline.imageprep import ImageTooLargeError, PreparedBytes, base64_len, prepare_image
+from pipeline.errors import ImageTooLargeError
+from pipeline.imageprep import PreparedBytes, base64_len, prepare_image
 
 
 def encode(img: Image.Image, pillow_format: str, **params) -> bytes:

@@ -17,9 +17,10 @@ def test_fingerprint_changes_with_every_request_setting_and_only_those():
     fp = fingerprinter(base)("p")
     assert fingerprinter(JobConfig())("p") == fp  # stable across processes and runs
     assert fingerprinter(base)("other prompt") != fp
-    for change in ({"model": "m2"}, {"system": "s"}, {"max_tokens": 7}, {"temperature": 0.1}):
+    for change in ({"model": "m2"}, {"system": "s"}, {"max_tokens": 7}, {"temperature": 0.1}, {"max_image_side": 800},
+                   {"max_image_bytes": 100_000}, {"image_detail": "low"}, {"fetch_remote": True}, {"extra_body": {"top_p": 0.5}}):
         assert fingerprinter(JobConfig(**change))("p") != fp, change
-    for same in ({"concurrency": 3}, {"timeout": 5.0}, {"max_retries": 0}, {"base_url": "http://other/v1"}):
+    for same in ({"concurrency": 3}, {"timeout": 5.0}, {"max_retries": 0}, {"base_url": "http://other/v1"}, {"stream": True}):
         assert fingerprinter(JobConfig(**same))("p") == fp, same
 
 
@@ -70,3 +71,8 @@ def test_lock_names_the_holder_and_is_released(tmp_path):
             OutputLock(out).acquire()
     with OutputLock(out):  # free again once released
         pass
+
+
+def test_the_default_fingerprint_never_changes():
+    # Outputs written by earlier versions must keep resuming: a change here re-captions (and re-bills) every row.
+    assert fingerprinter(JobConfig())("p") == "99a3d53d72675832"

@@ -82,6 +82,12 @@ def test_status_error_class(code, cls):
     assert status_error_class(code) is cls
 
 
+def test_a_400_for_an_image_url_download_timeout_is_retried():
+    cls = status_error_class(400, "invalid_image_url", "Timeout while downloading https://x/y.jpg.")
+    assert should_retry(cls("x", status=400, code="invalid_image_url"))
+    assert not should_retry(status_error_class(400, "invalid_image_url", "Invalid image URL")("x", status=400))
+
+
 def test_a_429_for_an_empty_account_is_quota_exhausted():
     assert status_error_class(429, "insufficient_quota") is QuotaExhaustedError
     assert status_error_class(429, "rate_limit_exceeded") is RateLimitError

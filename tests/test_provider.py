@@ -1,0 +1,107 @@
+"""Every image, every OpenAI-compatible provider: preparation, remote images, streaming, request variants."""
+
+import hashlib
+import json
+import random
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import load_config, run_job
+from pipeline.records import Completion, ManifestRow, PreparedImage
+from pipeline.results import ok_row
+
+KEY = "sk-provider-test"
+
+
+def run(simulator, manifest, tmp_path, job=None, **flags):
+    flags.setdefault("output", tmp_path / "out.parquet")
+    flags.setdefault("base_url", simulator.base_url)
+    config = load_config({"manifest": manifest, **flags}, environ={"ANYFAST_API_KEY": KEY}, job_file=job)
+    summary = run_job(config)
+    return summary, {r["id"]: r for r in pq.read_table(config.output).to_pylist()}
+
+
+def noisy_jpeg(path, size):
+    rng = random.Random(1)
+    Image.frombytes("RGB", size, bytes(rng.getrandbits(8) for _ in range(size[0] * size[1] * 3))).save(path, quality=95)
+    return path
+
+
+def manifest_of(tmp_path, *images):
+    m = tmp_path / "m.txt"
+    m.write_text("".join(f"{p}\n" for p in images))
+    return m
+
+
+def test_big_photos_are_scaled_down_and_acceptable_ones_sent_unchanged(simulator, tmp_path):
+    big = noisy_jpeg(tmp_path / "big.jpg", (3000, 2000))
+    small = tmp_path / "small.png"
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(small)
+    summary, rows = run(simulator, manifest_of(tmp_path, big.name, small.name), tmp_path)
+    assert summary.ok == 2
+    b, s = rows["big.jpg"], rows["small.png"]
+    assert (b["width"], b["height"], b["original_width"], b["original_height"]) == (1568, 1045, 3000, 2000)
+    assert "1568×1045" in b["caption"]  # what the provider saw
+    assert (s["width"], s["height"]) == (300, 200)
+    assert s["image_sha256"] == hashlib.sha256(small.read_bytes()).hexdigest()  # byte for byte
+
+
+def test_max_image_side_and_bytes_are_options(simulator, tmp_path):
+    big = noisy_jpeg(tmp_path / "big.jpg", (1200, 900))
+    summary, rows = run(simulator, manifest_of(tmp_path, big.name), tmp_path, max_image_side=400, max_image_bytes=30_000)
+    row = rows["big.jpg"]
+    assert max(row["width"], row["height"]) <= 400
+    assert json.loads(row["usage"])["prompt_tokens"] < 400 * 300 / 750 + 50
+
+
+def test_a_decompression_bomb_is_an_error_row_not_a_request(simulator, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12_000, 12_000)).save(bomb)  # 144 megapixels of nothing, a few KB on disk
+    summary, rows = run(simulator, manifest_of(tmp_path, bomb.name), tmp_path)
+    assert rows["bomb.png"]["error_type"] == "image_too_large" and "megapixel" in rows["bomb.png"]["error"]
+    assert simulator.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("style", ["lf", "crlf", "cr", "keepalive", "multiline", "fragmented", "no_done"])
+def test_streamed_answers_in_every_style(simulator, tmp_path, style):
+    simulator.configure(stream_style=style)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(image)
+    summary, rows = run(simulator, manifest_of(tmp_path, image.name), tmp_path, stream=True)
+    row = rows["a.png"]
+    assert row["status"] == "ok", row["error"]
+    assert "64×48 landscape" in row["caption"] and row["finish_reason"] == "stop"
+    assert row["total_tokens"] > 0 and row["ttft_ms"] is not None and row["ttft_ms"] >= 0
+
+
+@pytest.mark.parametrize("fault", ["truncated", "stream_error", "stream_error_vllm", "stall"])
+def test_broken_streams_are_retried_never_stored_as_ok(simulator, tmp_path, fault):
+    simulator.configure(fault_script=[fault, "ok"], hang_seconds=5)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (20, 30, 200)).save(image)
+    summary, rows = run(simulator, manifest_of(tmp_path, image.name), tmp_path, stream=True, stall_timeout=0.3)
+    assert rows["a.png"]["status"] == "ok" and rows["a.png"]["attempts"] == 2
+
+
+def test_a_stream_that_always_breaks_ends_as_an_error_row(simulator, tmp_path):
+    simulator.configure(fault_script=["truncated"] * 3)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (20, 30, 200)).save(image)
+    summary, rows = run(simulator, manifest_of(tmp_path, image.name), tmp_path, stream=True, max_retries=2)
+    assert rows["a.png"]["status"] == "error" and rows["a.png"]["error_type"] == "bad_response"
+    assert "truncated" in rows["a.png"]["error"] and rows["a.png"]["caption"] is None
+
+
+def test_usage_details_become_columns():
+    usage = {
+        "prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+        "prompt_tokens_details": {"cached_tokens": 64, "image_tokens": 85},
+        "completion_tokens_details": {"reasoning_tokens": 12},
+    }
+    row = ok_row(ManifestRow(1, "a", "a.png", "/a.png"), PreparedImage("data:"), Completion("c", "stop", "m", "r", usage), attempts=1, latency_ms=1)
+    assert (row["cached_tokens"], row["image_tokens"], row["reasoning_tokens"]) == (64, 85, 12)
+    anthropic = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12, "cache_read_input_tokens": 7}
+    row = ok_row(ManifestRow(1, "a", "a.png", "/a.png"), PreparedImage("data:"), Completion("c", "stop", "m", "r", anthropic), attempts=1, latency_ms=1)
+    assert row["cached_tokens"] == 7 and row["reasoning_tokens"] is None
