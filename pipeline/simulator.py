@@ -10,6 +10,11 @@ Nth request carrying an image gets the Nth entry. `stream_style` picks the SSE
 dialect of streamed answers (see simulator_stream).
 
 It listens on loopback only and never fetches from anywhere but loopback.
+It also enforces rate limits the way a provider does (requests and tokens per
+sliding window, with OpenAI's or Anthropic's headers; see simulator_limits),
+and serves test images and files for clients that download images themselves
+(GET /_sim/images/WxH.png, GET /_sim/files/PATH; see simulator_assets).
+
 Run it with `python -m pipeline.simulator --port 0`, or in-process with
 `serve_in_thread()`. Control endpoints: GET /_sim/stats, POST /_sim/config,
 POST /_sim/reset.
@@ -41,8 +46,12 @@ import aiohttp
 from aiohttp import web
 
 from pipeline.errors import EXIT_OK, EXIT_USAGE
+from pipeline.simulator_assets import FORMATS, AssetRoutes
+from pipeline.simulator_limits import LIMIT_HEADER_FORMS, Limits, SlidingWindow, limit_error, retry_headers
+from pipeline.simulator_request import BadRequest, ChatRequest, parse_chat_request, recorded_headers, url_timeout
 from pipeline.simulator_vision import (
     LOOPBACK_HOSTS,
+    ImageFetchTimeout,
     UndecodableImage,
     UnreachableImage,
     caption_image,
@@ -55,10 +64,9 @@ from pipeline.simulator_stream import STREAM_FAULTS, STREAM_STYLES, SSEWriter, c
 DEFAULT_MODEL = "claude-sonnet-4-20250514"
 RETRY_AFTER_FORMS = ("seconds", "http-date", "ms", "none")
 MALFORMED_VARIANTS = ("not_json", "error_object", "no_choices", "null_content")
-NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed", "quota", *STREAM_FAULTS} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
+NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed", "quota", "url_timeout", *STREAM_FAULTS} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
 _MAX_BODY_BYTES = 50 * 1024 * 1024  # providers cap a request at tens of MB too
 _KEPT_BODIES = 1000
-_ROLES = frozenset({"system", "developer", "user", "assistant"})
 
 # status -> (error type, code, message) for scripted or random status faults.
 _STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
@@ -98,6 +106,13 @@ class SimulatorSettings:
     api_key: str | None = field(default=None, repr=False)  # None: any bearer token
     model: str | None = None  # what GET /v1/models lists
     seed: int = 0
+    fetch_timeout: float = 10.0  # seconds the simulator waits for an http(s) image URL
+    # Rate limits over a sliding window; 0 = off. Tokens = prompt tokens + max_tokens.
+    rpm_limit: int = 0
+    tpm_limit: int = 0
+    limit_window: float = 60.0  # seconds; tests shorten it
+    limit_headers: str = "openai"  # one of LIMIT_HEADER_FORMS
+    image_dir: str | None = None  # served under GET /_sim/files/
 
     def __post_init__(self) -> None:
         if isinstance(self.fault_script, str):
@@ -105,7 +120,7 @@ class SimulatorSettings:
         self.fault_script = [str(entry).strip().lower() for entry in self.fault_script]
         for entry in self.fault_script:
             if entry not in NAMED_FAULTS and not (entry.isdigit() and 400 <= int(entry) <= 599):
-                raise ValueError(f"unknown fault_script entry {entry!r}: use ok, reset, hang, quota, malformed, "
+                raise ValueError(f"unknown fault_script entry {entry!r}: use ok, reset, hang, quota, malformed, url_timeout, "
                                  f"{', '.join(STREAM_FAULTS)} or a 4xx/5xx status")
         rates = [self.rate_429, self.rate_5xx, self.rate_reset, self.rate_hang, self.rate_malformed,
                  self.rate_stream_error, self.rate_truncated, self.rate_stall]
@@ -119,6 +134,15 @@ class SimulatorSettings:
             raise ValueError("seed must be an integer")
         if min(self.latency, self.jitter, self.hang_seconds, self.retry_after) < 0:
             raise ValueError("latency, jitter, hang_seconds and retry_after cannot be negative")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in (self.rpm_limit, self.tpm_limit)):
+            raise ValueError("rpm_limit and tpm_limit must be whole numbers, 0 for no limit")
+        if not (self.limit_window > 0 and self.fetch_timeout > 0):
+            raise ValueError("limit_window and fetch_timeout must be positive")
+        if self.limit_headers not in LIMIT_HEADER_FORMS:
+            raise ValueError(f"limit_headers must be one of {', '.join(LIMIT_HEADER_FORMS)}")
+        self.image_dir = self.image_dir or None
+        if self.image_dir is not None and not os.path.isdir(self.image_dir):
+            raise ValueError(f"image_dir {self.image_dir!r} is not a folder")
 
     def update(self, **knobs: Any) -> None:
         unknown = sorted(set(knobs) - {f.name for f in fields(self)})
@@ -154,78 +178,8 @@ def retry_after_headers(seconds: float, form: str, now: float | None = None) -> 
     return {}
 
 
-def _error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "code": code}}
-
-
-# --- requests ----------------------------------------------------------------
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, code: str):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-
-@dataclass(frozen=True)
-class _ChatRequest:
-    model: str
-    image_url: str
-    texts: list[str]  # system + user text, for usage
-    prompt: str | None  # the first text of a user message, for the record
-    max_tokens: int | None
-    stream: bool
-    include_usage: bool
-
-    def record(self) -> dict[str, Any]:
-        return {"model": self.model, "max_tokens": self.max_tokens, "text": self.prompt}
-
-
-def _parse_chat_request(body: Any) -> _ChatRequest:
-    if not isinstance(body, dict):
-        raise _BadRequest("The request body must be a JSON object.", "invalid_json")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _BadRequest("You must provide a model parameter.", "missing_required_parameter")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _BadRequest("'messages' must be a non-empty array.", "missing_required_parameter")
-    texts: list[str] = []
-    prompts: list[str] = []
-    images: list[str] = []
-    for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
-            raise _BadRequest(f"Invalid message at messages[{i}]: needs a valid 'role'.", "invalid_value")
-        if isinstance(content, str):
-            texts.append(content)
-            prompts += [content] if message["role"] == "user" else []
-            continue
-        if not isinstance(content, list):
-            raise _BadRequest(f"Invalid 'content' at messages[{i}].", "invalid_value")
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            image_url = part.get("image_url") if kind == "image_url" else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-                prompts += [part["text"]] if message["role"] == "user" else []
-            elif isinstance(image_url, dict) and isinstance(image_url.get("url"), str):
-                images.append(image_url["url"])
-            else:
-                raise _BadRequest(f"Invalid content part at messages[{i}].content[{j}].", "invalid_value")
-    if not images:
-        raise _BadRequest("The request has no image_url content part; there is nothing to caption.", "missing_image")
-    if len(images) > 1:
-        raise _BadRequest("The simulator captions one image per request.", "too_many_images")
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise _BadRequest("'max_tokens' must be a positive integer.", "invalid_value")
-    stream = body.get("stream") or False
-    options = body.get("stream_options") or {}
-    if not isinstance(stream, bool) or not isinstance(options, dict):
-        raise _BadRequest("'stream' must be a boolean and 'stream_options' an object.", "invalid_value")
-    return _ChatRequest(model, images[0], texts, next(iter(prompts), None), max_tokens, stream, bool(options.get("include_usage")))
+def _error_body(message: str, type_: str, code: str | None, **more: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, **more, "code": code}}
 
 
 async def _drop_connection(request: web.BaseRequest) -> NoReturn:
@@ -252,6 +206,7 @@ class SimulatorStats:
         self.peak_in_flight = self.in_flight
         self.by_status: Counter[str] = Counter()  # "200", "429", ..., "reset", "hang"
         self.faults: Counter[str] = Counter()  # injected faults by kind
+        self.rate_limited = 0  # 429s from rpm_limit / tpm_limit (not counted in faults)
         self.images: dict[str, dict[str, int]] = {}  # image_key -> {"requests", "ok"}
         self.bodies: deque[dict[str, Any]] = deque(maxlen=_KEPT_BODIES)
 
@@ -262,6 +217,7 @@ class SimulatorStats:
             "peak_in_flight": self.peak_in_flight,
             "by_status": dict(self.by_status),
             "faults": dict(self.faults),
+            "rate_limited": self.rate_limited,
             "images": {key: dict(counts) for key, counts in self.images.items()},
             "bodies": list(self.bodies),
         }
@@ -278,6 +234,7 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
         self._next_id = 0
+        self._window = SlidingWindow()
         self._stopping = asyncio.Event()  # wakes hung requests so a stop never waits for them
         self._reseed()
 
@@ -293,8 +250,9 @@ class Simulator:
             self._reseed()
 
     def reset_stats(self) -> None:
-        """Zero the counters; per-image script positions and the random draws start over."""
+        """Zero the counters; per-image script positions, the random draws and the rate-limit windows start over."""
         self.stats.reset()
+        self._window.clear()
         self._reseed()
 
     # lifecycle
@@ -307,6 +265,7 @@ class Simulator:
         app.router.add_get("/_sim/stats", self._get_stats)
         app.router.add_post("/_sim/config", self._post_config)
         app.router.add_post("/_sim/reset", self._post_reset)
+        AssetRoutes(lambda: self.settings.image_dir).add_to(app.router)
         app.cleanup_ctx.append(self._client_session)
         # handler_cancellation: a client that hangs up cancels its handler, as
         # `reset` and `hang` rely on; shutdown_timeout bounds a stop under load.
@@ -355,34 +314,45 @@ class Simulator:
         delay = settings.latency + self._jitter_rng.uniform(-settings.jitter, settings.jitter)
         if delay > 0:
             await asyncio.sleep(delay)
-        headers = {"x-request-id": f"req-sim-{n}"}
+        limits = Limits(settings.rpm_limit, settings.tpm_limit, settings.limit_window, settings.limit_headers)
+        headers = {"x-request-id": f"req-sim-{n}", **self._window.peek(limits)}
         if not self._authorized(request):
             return self._status_response(401, headers)
         try:
-            chat = _parse_chat_request(await request.json())
+            chat = parse_chat_request(await request.json())
         except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
-            return self._bad_request(_BadRequest("We could not parse the JSON body of your request.", "invalid_json"), headers)
-        except _BadRequest as exc:
+            return self._bad_request(BadRequest("We could not parse the JSON body of your request.", "invalid_json"), headers)
+        except BadRequest as exc:
             return self._bad_request(exc, headers)
+        self.stats.bodies.append({**chat.summary, "headers": recorded_headers(request.headers)})
+
+        seen = None
+        if limits.on:  # the token count needs the image's size, so look at it before the limiter
+            try:
+                seen = await self._look(chat)
+            except BadRequest as exc:
+                return self._bad_request(exc, headers)
+            tokens = count_usage(seen[0], seen[1], chat.texts, "")["prompt_tokens"] + (chat.max_tokens or 0)
+            verdict = self._window.admit(tokens, limits)  # no await between check and record
+            headers.update(verdict.headers)
+            if not verdict.admitted:
+                self.stats.rate_limited += 1
+                body = limit_error(verdict, limits, tokens, chat.model, self._window.used())
+                retry = retry_headers(verdict.wait) if math.isfinite(verdict.wait) else {}
+                return web.json_response(body, status=429, headers={**headers, **retry})
 
         counts = self.stats.images.setdefault(image_key(chat.image_url), {"requests": 0, "ok": 0})
         nth = counts["requests"]
         counts["requests"] += 1
-        self.stats.bodies.append(chat.record())
-
         fault = self._pick_fault(nth)
         if fault in STREAM_FAULTS and not chat.stream:
             fault = "reset" if fault == "truncated" else None  # a body cut short; the rest need a stream
         if fault is not None and fault not in STREAM_FAULTS:
             return await self._inject(request, fault, n, chat, headers)
-        assert self._http is not None
         try:
-            data = await image_bytes(chat.image_url, self._http)
-            width, height, caption = await asyncio.to_thread(caption_image, data)
-        except UnreachableImage:
-            return self._bad_request(_BadRequest("Unable to download the image from the URL", "invalid_image_url"), headers)
-        except UndecodableImage:
-            return self._bad_request(_BadRequest("Could not process image", "invalid_image"), headers)
+            width, height, caption = seen or await self._look(chat)
+        except BadRequest as exc:
+            return self._bad_request(exc, headers)
         caption, finish_reason = fit_caption(caption, chat.max_tokens)
         usage = count_usage(width, height, chat.texts, caption)
         completion = self._completion(n, chat.model, caption, finish_reason, usage)
@@ -419,6 +389,19 @@ class Simulator:
 
     # pieces of an answer
 
+    async def _look(self, chat: ChatRequest) -> tuple[int, int, str]:
+        """(width, height, caption) of the request's image; BadRequest as a provider says it cannot have it."""
+        assert self._http is not None
+        try:
+            data = await image_bytes(chat.image_url, self._http, self.settings.fetch_timeout)
+            return await asyncio.to_thread(caption_image, data)
+        except ImageFetchTimeout:
+            raise url_timeout(chat.image_url) from None
+        except UnreachableImage:
+            raise BadRequest("Unable to download the image from the URL", "invalid_image_url") from None
+        except UndecodableImage:
+            raise BadRequest("Could not process image", "invalid_image") from None
+
     def _authorized(self, request: web.BaseRequest) -> bool:
         header = request.headers.get("Authorization", "")
         token = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
@@ -445,7 +428,7 @@ class Simulator:
             draw -= rate
         return None
 
-    async def _inject(self, request: web.Request, fault: str, n: int, chat: _ChatRequest, headers: dict[str, str]) -> web.StreamResponse:
+    async def _inject(self, request: web.Request, fault: str, n: int, chat: ChatRequest, headers: dict[str, str]) -> web.StreamResponse:
         if fault == "malformed":
             fault = f"malformed:{MALFORMED_VARIANTS[self._malformed_turn % len(MALFORMED_VARIANTS)]}"
             self._malformed_turn += 1
@@ -465,6 +448,8 @@ class Simulator:
                 await writer.end()
                 return response
             return web.Response(text=body, content_type="application/json", headers=headers)
+        if fault == "url_timeout":
+            return self._bad_request(url_timeout(chat.image_url), headers)
         if fault == "quota":  # OpenAI's 429 for an account out of credit: retrying does not help
             body = _error_body("You exceeded your current quota, please check your plan and billing details.", "insufficient_quota", "insufficient_quota")
             return web.json_response(body, status=429, headers=headers)
@@ -483,8 +468,8 @@ class Simulator:
         return web.json_response(_error_body(message, type_, code), status=status, headers=headers)
 
     @staticmethod
-    def _bad_request(exc: _BadRequest, headers: dict[str, str]) -> web.Response:
-        return web.json_response(_error_body(exc.message, "invalid_request_error", exc.code), status=400, headers=headers)
+    def _bad_request(exc: BadRequest, headers: dict[str, str]) -> web.Response:
+        return web.json_response(_error_body(exc.message, "invalid_request_error", exc.code, **exc.more), status=400, headers=headers)
 
     @staticmethod
     def _completion(n: int, model: str, caption: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
@@ -551,6 +536,14 @@ class SimulatorHandle:
         self._simulator = simulator
         self._loop = loop
         self.base_url: str = simulator.base_url or ""
+        self.root_url = self.base_url.removesuffix("/v1")
+
+    def image_url(self, width: int, height: int, extension: str = "png", **query: Any) -> str:
+        """The URL of a generated test image, e.g. image_url(64, 48, "jpg", redirect=2)."""
+        if extension not in FORMATS:
+            raise ValueError(f"extension must be one of {', '.join(FORMATS)}")
+        args = "&".join(f"{name}={value}" for name, value in query.items())
+        return f"{self.root_url}/_sim/images/{width}x{height}.{extension}" + (f"?{args}" if args else "")
 
     def stats(self) -> dict[str, Any]:
         return self._on_loop(self._simulator.stats.snapshot)
@@ -653,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"share of requests (0-1) that get {what}; a request without stream:true is answered "
             "normally instead (truncated: the connection drops)")
     add("--fault-script", default="", metavar="LIST",
-        help="comma-separated, e.g. 429,500,reset,hang,malformed,ok: the Nth request for an image gets the Nth entry; "
+        help="comma-separated, e.g. 429,500,reset,hang,malformed,quota,url_timeout,ok: the Nth request for an image gets the Nth entry; "
         f"stream faults: {', '.join(STREAM_FAULTS)}")
     add("--stream-style", choices=STREAM_STYLES, default=default.stream_style,
         help="how streamed answers are written: line ends lf, crlf or cr; keepalive comments; multiline data; "
@@ -661,6 +654,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")
     add("--model", default=None, help=f"model id listed by /v1/models (default: {DEFAULT_MODEL})")
     add("--seed", type=int, default=default.seed, help="seed for random faults and jitter (default: %(default)s)")
+    add("--fetch-timeout", type=float, default=default.fetch_timeout, metavar="SECONDS",
+        help="how long to wait for an http(s) image URL before answering 400 'Timeout while downloading' (default: %(default)s)")
+    add("--rpm-limit", type=int, default=0, metavar="N", help="admit at most N requests per --limit-window, else 429 (default: no limit)")
+    add("--tpm-limit", type=int, default=0, metavar="N",
+        help="admit at most N tokens (prompt + max_tokens) per --limit-window, else 429 (default: no limit)")
+    add("--limit-window", type=float, default=default.limit_window, metavar="SECONDS",
+        help="length of the sliding rate-limit window (default: %(default)s)")
+    add("--limit-headers", choices=LIMIT_HEADER_FORMS, default=default.limit_headers,
+        help="rate-limit headers: x-ratelimit-* (openai), anthropic-ratelimit-* (anthropic) or none (default: %(default)s)")
+    add("--image-dir", default=None, metavar="DIR", help="serve the files in DIR at /_sim/files/PATH (test images are always at /_sim/images/WxH.png)")
     return parser
 
 

@@ -53,7 +53,11 @@ class UnreachableImage(Exception):
     """An image URL the simulator will not or cannot download."""
 
 
-async def image_bytes(url: str, session: aiohttp.ClientSession) -> bytes:
+class ImageFetchTimeout(UnreachableImage):
+    """The download took longer than the simulator waits."""
+
+
+async def image_bytes(url: str, session: aiohttp.ClientSession, timeout: float = 10.0) -> bytes:
     if url.startswith("data:"):
         return decode_data_url(url)
     parts = urlsplit(url)
@@ -61,11 +65,13 @@ async def image_bytes(url: str, session: aiohttp.ClientSession) -> bytes:
         raise UnreachableImage(url)  # never the internet
     try:
         # No redirects: a loopback server must not send us elsewhere.
-        async with session.get(url, allow_redirects=False) as response:
+        async with session.get(url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             if response.status != 200:
                 raise UnreachableImage(f"{url}: HTTP {response.status}")
             return await response.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+    except asyncio.TimeoutError as exc:
+        raise ImageFetchTimeout(url) from exc
+    except (aiohttp.ClientError, ValueError) as exc:
         raise UnreachableImage(f"{url}: {exc}") from exc
 
 

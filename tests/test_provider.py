@@ -105,3 +105,55 @@ def test_usage_details_become_columns():
     anthropic = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12, "cache_read_input_tokens": 7}
     row = ok_row(ManifestRow(1, "a", "a.png", "/a.png"), PreparedImage("data:"), Completion("c", "stop", "m", "r", anthropic), attempts=1, latency_ms=1)
     assert row["cached_tokens"] == 7 and row["reasoning_tokens"] is None
+
+
+def _sim_root(simulator):
+    return simulator.base_url[: -len("/v1")]
+
+
+def test_remote_images_pass_through_by_default(simulator, tmp_path):
+    url = f"{_sim_root(simulator)}/_sim/images/120x90.png"
+    summary, rows = run(simulator, manifest_of(tmp_path, url), tmp_path)
+    assert rows[url]["status"] == "ok" and "120×90" in rows[url]["caption"]
+    assert rows[url]["width"] is None  # we never saw the image: the provider fetched it
+    assert simulator.stats()["bodies"][0]["detail"] is None
+
+
+def test_fetch_remote_downloads_prepares_and_sends_inline(simulator, tmp_path):
+    url = f"{_sim_root(simulator)}/_sim/images/3000x1000.jpg?redirect=2"
+    summary, rows = run(simulator, manifest_of(tmp_path, url), tmp_path, fetch_remote=True, allow_private_urls=True)
+    row = rows[url]
+    assert row["status"] == "ok", row["error"]
+    assert (row["width"], row["height"], row["original_width"]) == (1568, 523, 3000)
+    assert row["image_sha256"] and "1568×523" in row["caption"]
+
+
+@pytest.mark.parametrize(
+    "query, error_type, fragment",
+    [("", "url_blocked", "loopback address"), ("?status=404", "remote_image_error", "HTTP 404"), ("?html=1", "remote_image_error", "is a web page")],
+)
+def test_fetch_remote_failures_are_error_rows_without_a_request(simulator, tmp_path, query, error_type, fragment):
+    url = f"{_sim_root(simulator)}/_sim/images/40x40.png{query}"
+    flags = {"fetch_remote": True, "allow_private_urls": bool(query)}
+    summary, rows = run(simulator, manifest_of(tmp_path, url), tmp_path, **flags)
+    assert rows[url]["error_type"] == error_type and fragment in rows[url]["error"]
+    assert simulator.stats()["requests"] == 0
+
+
+def test_a_provider_timeout_downloading_the_url_is_retried(simulator, tmp_path):
+    simulator.configure(fault_script=["url_timeout", "ok"])
+    url = f"{_sim_root(simulator)}/_sim/images/50x50.png"
+    summary, rows = run(simulator, manifest_of(tmp_path, url), tmp_path)
+    assert rows[url]["status"] == "ok" and rows[url]["attempts"] == 2
+
+
+def test_request_variants_reach_the_provider(simulator, tmp_path):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (20, 30, 200)).save(image)
+    job = tmp_path / "job.toml"
+    job.write_text('[extra_body]\ntop_p = 0.9\n\n[extra_headers]\nX-Team = "vision"\n')
+    run(simulator, manifest_of(tmp_path, image.name), tmp_path, job=job, model="o3-mini", image_detail="low", stream=True, max_tokens=50)
+    body = simulator.stats()["bodies"][0]
+    assert body["max_completion_tokens"] == 50 and body["max_tokens"] is None
+    assert body["detail"] == "low" and body["extra"] == ["top_p"] and body["headers"]["x-team"] == "vision"
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}

@@ -14,7 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -23,6 +25,8 @@ from PIL import Image
 
 from pipeline.errors import APIResponseError, APITimeoutError, ServerError
 from pipeline.simulator import SimulatorSettings, build_parser, count_usage, image_key, retry_after_headers, serve_in_thread
+from pipeline.simulator_assets import generated_colour
+from pipeline.simulator_limits import Limits, SlidingWindow, format_duration
 from pipeline.sse import read_completion
 
 PROMPT = "Describe this image in one sentence."
@@ -49,17 +53,17 @@ def chat_body(url=BLUE_PNG, **extra):
     return {"model": "test-model", "messages": messages, "max_tokens": 300, **extra}
 
 
-async def _post(url, body, token, timeout):
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+async def _post(url, body, token, timeout, extra_headers=None):
+    headers = ({"Authorization": f"Bearer {token}"} if token is not None else {}) | (extra_headers or {})
     payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
     async with aiohttp.ClientSession() as session:
         async with session.post(url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             return response.status, response.headers, await response.text()
 
 
-def post(sim, body=None, token="sk-test", timeout=5.0):
+def post(sim, body=None, token="sk-test", timeout=5.0, headers=None):
     """(status, headers, text) of one chat completion request."""
-    return asyncio.run(_post(sim.base_url + "/chat/completions", chat_body() if body is None else body, token, timeout))
+    return asyncio.run(_post(sim.base_url + "/chat/completions", chat_body() if body is None else body, token, timeout, headers))
 
 
 def get_json(url):
@@ -346,7 +350,7 @@ def test_peak_in_flight_is_recorded_under_latency(simulator):
     assert [status for status, _, _ in asyncio.run(burst())] == [200] * 8
     stats = simulator.stats()
     assert stats["peak_in_flight"] == 8 and stats["in_flight"] == 0 and stats["requests"] == 8
-    assert stats["bodies"][0] == {"model": "test-model", "max_tokens": 300, "text": PROMPT}
+    assert {key: stats["bodies"][0][key] for key in ("model", "max_tokens", "text")} == {"model": "test-model", "max_tokens": 300, "text": PROMPT}
 
 
 def test_control_endpoints(simulator):
@@ -369,8 +373,9 @@ def test_control_endpoints(simulator):
     assert status == 200 and configured["settings"]["fault_script"] == ["429", "ok"]
     assert refused == 400
     assert stats["requests"] == 1 and stats["by_status"] == {"429": 1}
-    assert set(stats) == {"requests", "in_flight", "peak_in_flight", "by_status", "faults", "images", "bodies"}
-    assert after_reset == {"requests": 0, "in_flight": 0, "peak_in_flight": 0, "by_status": {}, "faults": {}, "images": {}, "bodies": []}
+    assert set(stats) == {"requests", "in_flight", "peak_in_flight", "by_status", "faults", "rate_limited", "images", "bodies"}
+    assert after_reset == {"requests": 0, "in_flight": 0, "peak_in_flight": 0, "by_status": {}, "faults": {}, "rate_limited": 0,
+                           "images": {}, "bodies": []}
     assert post(simulator)[0] == 429  # the script starts over after a reset
 
 
@@ -578,3 +583,254 @@ def test_stream_settings_are_checked():
     assert SimulatorSettings(fault_script="stall,truncated,stream_error_vllm").fault_script == ["stall", "truncated", "stream_error_vllm"]
     args = build_parser().parse_args(["--stream-style", "fragmented", "--rate-stream-error", "0.1", "--rate-stall", "0.2"])
     assert (args.stream_style, args.rate_stream_error, args.rate_stall, args.rate_truncated) == ("fragmented", 0.1, 0.2, 0.0)
+
+
+# --- test images and files over HTTP ------------------------------------------
+
+
+def fetch(url, follow=False, timeout=5.0):
+    """(status, headers, body, redirects followed) of a plain GET, no auth."""
+    async def go():
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, allow_redirects=follow, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                return response.status, response.headers, await response.read(), len(response.history)
+
+    return asyncio.run(go())
+
+
+def raw_get(sim, path):
+    """(status, raw response) for a request line sent exactly as given: no client normalizes '..' away."""
+    parts = urlsplit(sim.root_url)
+
+    async def go():
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode())
+        data = await reader.read()
+        writer.close()
+        return data
+
+    data = asyncio.run(go())
+    return int(data.split(b" ", 2)[1]), data
+
+
+@pytest.mark.parametrize(
+    "size, extension, pillow_format, mime",
+    [((64, 48), "png", "PNG", "image/png"), ((300, 600), "jpg", "JPEG", "image/jpeg"),
+     ((17, 17), "gif", "GIF", "image/gif"), ((1000, 10), "webp", "WEBP", "image/webp")],
+)
+def test_generated_images_have_the_asked_size_format_and_content_type(simulator, size, extension, pillow_format, mime):
+    status, headers, body, _ = fetch(simulator.image_url(*size, extension))
+    assert status == 200 and headers["Content-Type"] == mime
+    image = Image.open(io.BytesIO(body))
+    assert image.format == pillow_format and image.size == size
+    assert fetch(simulator.image_url(*size, extension))[2] == body  # deterministic
+    assert simulator.stats()["requests"] == 0 and simulator.stats()["by_status"] == {}  # not API traffic
+
+
+def test_the_simulator_captions_its_own_generated_image(simulator):
+    status, _, text = post(simulator, chat_body(simulator.image_url(64, 48)))
+    caption = json.loads(text)["choices"][0]["message"]["content"]
+    assert status == 200 and f"64×48 landscape image, mostly {generated_colour(64, 48)}" in caption
+    assert len({generated_colour(w, h) for w in range(1, 8) for h in range(1, 8)}) > 6  # sizes tell images apart
+
+
+@pytest.mark.parametrize(
+    "name, status",
+    [("0x10.png", 400), ("10000x5001.png", 400), ("7072x7072.jpg", 400), ("20000x10.webp", 400),
+     ("10x10.bmp", 404), ("cat.png", 404), ("10x10", 404)],
+)
+def test_impossible_test_images_are_refused(simulator, name, status):
+    assert fetch(f"{simulator.root_url}/_sim/images/{name}")[0] == status
+
+
+def test_redirects_chain_before_the_image(simulator):
+    url = simulator.image_url(20, 10, "png", redirect=3, v=7)
+    hops = []
+    while True:
+        status, headers, body, _ = fetch(url)
+        if status != 302:
+            break
+        hops.append(url := headers["Location"])
+    assert status == 200 and Image.open(io.BytesIO(body)).size == (20, 10)
+    assert hops == [simulator.image_url(20, 10, "png", redirect=2, v=7), simulator.image_url(20, 10, "png", redirect=1, v=7),
+                    simulator.image_url(20, 10, "png", v=7)]
+    assert fetch(simulator.image_url(20, 10, redirect=2), follow=True)[::3] == (200, 2)
+
+
+def test_status_html_and_bad_parameters(simulator):
+    assert fetch(simulator.image_url(8, 8, status=404))[0] == 404
+    assert fetch(simulator.image_url(8, 8, status=503, redirect=1), follow=True)[0] == 503
+    status, headers, body, _ = fetch(simulator.image_url(8, 8, "jpg", html=1))
+    assert status == 200 and headers["Content-Type"].startswith("text/html") and b"<html>" in body
+    for bad in ({"status": 99}, {"redirect": -1}, {"slow": "soon"}):
+        assert fetch(simulator.image_url(8, 8, **bad))[0] == 400
+
+
+def test_slow_images_take_their_time(simulator):
+    started = time.monotonic()
+    assert fetch(simulator.image_url(8, 8, slow=0.3))[0] == 200
+    assert time.monotonic() - started >= 0.3
+    with pytest.raises(asyncio.TimeoutError):
+        fetch(simulator.image_url(8, 8, slow=2), timeout=0.1)
+
+
+def test_files_come_from_image_dir_and_never_from_outside_it(simulator, tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    png = image_bytes((0, 255, 0), (5, 5))
+    (folder / "cat.png").write_bytes(png)
+    (folder / "sub" / "note.txt").write_text("hello")
+    (tmp_path / "secret.txt").write_text("TOP SECRET")
+    (folder / "link.txt").symlink_to(tmp_path / "secret.txt")
+    assert fetch(simulator.root_url + "/_sim/files/cat.png")[0] == 404  # no image_dir yet
+    simulator.configure(image_dir=str(folder))
+    status, headers, body, _ = fetch(simulator.root_url + "/_sim/files/cat.png")
+    assert (status, headers["Content-Type"], body) == (200, "image/png", png)
+    assert fetch(simulator.root_url + "/_sim/files/sub/note.txt")[2] == b"hello"
+    assert fetch(simulator.root_url + "/_sim/files/cat.png?status=404")[0] == 404
+    for path in ("/_sim/files/../secret.txt", "/_sim/files/%2E%2E/secret.txt", "/_sim/files/..%2Fsecret.txt",
+                 "/_sim/files/sub/..%2F..%2Fsecret.txt", "/_sim/files/%2F" + str(tmp_path / "secret.txt").lstrip("/"),
+                 "/_sim/files/link.txt", "/_sim/files/missing.png", "/_sim/files/sub"):
+        status, raw = raw_get(simulator, path)
+        assert status == 404 and b"TOP SECRET" not in raw, path
+    with pytest.raises(ValueError, match="image_dir"):
+        simulator.configure(image_dir=str(tmp_path / "nope"))
+    assert simulator.stats()["requests"] == 0
+
+
+# --- url_timeout and recorded requests ----------------------------------------
+
+
+def test_url_timeout_is_openais_400_quoting_the_url_shortened(simulator):
+    long_url = "http://127.0.0.1:9/photos/2024/holiday/beach-sunset-with-the-whole-family.jpg"
+    simulator.configure(fault_script=["url_timeout"])
+    status, _, text = post(simulator, chat_body(long_url))
+    assert status == 400
+    assert json.loads(text) == {"error": {"message": f"Timeout while downloading {long_url[:57]}....", "type": "invalid_request_error",
+                                          "param": None, "code": "invalid_image_url"}}
+    assert simulator.stats()["faults"] == {"url_timeout": 1}
+    # A real slow download gives the same answer.
+    simulator.configure(fault_script=[], fetch_timeout=0.2)
+    slow = simulator.image_url(8, 8, slow=2)
+    assert json.loads(post(simulator, chat_body(slow))[2])["error"]["message"] == f"Timeout while downloading {slow}."
+
+
+def test_each_request_is_recorded_with_its_options_and_x_headers(simulator):
+    body = chat_body(stream=True, stream_options={"include_usage": True}, temperature=0.2, n=1, seed=5)
+    body["max_completion_tokens"] = body.pop("max_tokens")
+    body["messages"][1]["content"][1]["image_url"]["detail"] = "low"
+    sent = {"X-Trace-Id": "abc", "x-api-key": "sk-secret", "X-Stainless-Retry-Count": "0"}
+    assert post(simulator, body, headers=sent)[0] == 200
+    post(simulator, {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": BLUE_PNG}}]}]})
+    recorded, bare = simulator.stats()["bodies"]
+    assert recorded == {
+        "model": "test-model", "max_tokens": None, "max_completion_tokens": 300, "text": PROMPT, "stream": True,
+        "stream_options": {"include_usage": True}, "temperature": 0.2, "detail": "low", "system": SYSTEM, "extra": ["n", "seed"],
+        "headers": {"x-trace-id": "abc", "x-api-key": "***", "x-stainless-retry-count": "0"},
+    }
+    assert bare == {"model": "m", "max_tokens": None, "max_completion_tokens": None, "text": None, "stream": None, "stream_options": None,
+                    "temperature": None, "detail": None, "system": None, "extra": [], "headers": {}}
+    assert "sk-" not in json.dumps(simulator.stats())
+
+
+# --- rate limits --------------------------------------------------------------
+
+
+def test_rpm_limit_admits_n_per_window_then_429_with_the_exact_wait(simulator):
+    simulator.configure(rpm_limit=5, limit_window=1.0)
+    answers = [post(simulator) for _ in range(6)]
+    assert [status for status, _, _ in answers] == [200] * 5 + [429]
+    assert [h["x-ratelimit-remaining-requests"] for _, h, _ in answers] == ["4", "3", "2", "1", "0", "0"]
+    assert {h["x-ratelimit-limit-requests"] for _, h, _ in answers} == {"5"}
+    assert "x-ratelimit-limit-tokens" not in answers[0][1]  # the TPM limit is off
+    _, headers, text = answers[-1]
+    assert json.loads(text)["error"]["code"] == "rate_limit_exceeded" and json.loads(text)["error"]["type"] == "requests"
+    wait = float(headers["retry-after"])
+    assert re.fullmatch(r"\d+\.\d{3}", headers["retry-after"]) and 0 < wait <= 1.0
+    assert headers["retry-after-ms"] == str(round(wait * 1000))
+    assert re.fullmatch(r"\d+ms|1s", headers["x-ratelimit-reset-requests"])
+    stats = simulator.stats()
+    assert stats["rate_limited"] == 1 and stats["by_status"] == {"200": 5, "429": 1} and stats["faults"] == {}
+    time.sleep(wait)
+    assert post(simulator)[0] == 200
+    assert simulator.stats()["images"][image_key(BLUE_PNG)] == {"requests": 6, "ok": 6}  # the 429 never reached the model
+
+
+def test_a_minute_window_advises_up_to_a_minute_and_reset_starts_over(simulator):
+    simulator.configure(rpm_limit=1)
+    assert post(simulator)[0] == 200
+    status, headers, _ = post(simulator)
+    assert status == 429 and 59 < float(headers["retry-after"]) <= 60
+    assert re.fullmatch(r"59\.\d+s|1m0s", headers["x-ratelimit-reset-requests"])
+    simulator.reset()
+    assert post(simulator)[0] == 200
+
+
+def test_tpm_limit_counts_prompt_and_max_tokens_up_front(simulator):
+    # 64x48 image: 5 tokens; system + prompt text: 14 tokens; so 19 + max_tokens per request.
+    simulator.configure(tpm_limit=700, limit_window=1.0)
+    answers = [post(simulator, chat_body(max_tokens=300)) for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200, 200, 429]
+    assert [h["x-ratelimit-remaining-tokens"] for _, h, _ in answers] == ["381", "62", "62"]
+    assert json.loads(answers[2][2])["error"]["type"] == "tokens" and float(answers[2][1]["retry-after"]) <= 1.0
+    small = chat_body()
+    del small["max_tokens"]
+    assert post(simulator, {**small, "max_completion_tokens": 43})[0] == 200  # 62 tokens: fits exactly
+    status, headers, text = post(simulator, chat_body(max_tokens=1000))  # can never fit: no advice to wait
+    assert status == 429 and "Request too large" in json.loads(text)["error"]["message"] and "retry-after" not in headers
+    assert simulator.stats()["rate_limited"] == 2
+
+
+def test_anthropic_and_no_limit_headers(simulator):
+    simulator.configure(rpm_limit=2, tpm_limit=10_000, limit_headers="anthropic")
+    before = datetime.now(timezone.utc)
+    _, headers, _ = post(simulator)
+    assert (headers["anthropic-ratelimit-requests-limit"], headers["anthropic-ratelimit-requests-remaining"]) == ("2", "1")
+    assert (headers["anthropic-ratelimit-tokens-limit"], headers["anthropic-ratelimit-tokens-remaining"]) == ("10000", str(10_000 - 319))
+    for kind in ("requests", "tokens"):
+        reset = headers[f"anthropic-ratelimit-{kind}-reset"]
+        assert reset.endswith("Z") and 59 < (datetime.fromisoformat(reset) - before).total_seconds() <= 61
+    assert not [name for name in headers if name.lower().startswith("x-ratelimit")]
+    simulator.configure(limit_headers="none")
+    post(simulator)
+    status, headers, _ = post(simulator)
+    assert status == 429 and "retry-after" in headers and not [name for name in headers if "ratelimit" in name.lower()]
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0, "0s"), (-1, "0s"), (0.0001, "1ms"), (0.012, "12ms"), (0.5, "500ms"), (0.9999, "1s"), (1, "1s"), (1.5, "1.5s"),
+     (59.013, "59.013s"), (60, "1m0s"), (61.25, "1m1.25s"), (360, "6m0s"), (3600, "1h0m0s"), (3723.5, "1h2m3.5s")],
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_sliding_window_waits_are_exact():
+    window = SlidingWindow()
+    rpm = Limits(rpm=2, tpm=0, window=10)
+    assert [window.admit(1, rpm, now=t).admitted for t in (0, 1)] == [True, True]
+    refused = window.admit(1, rpm, now=2.5)
+    assert (refused.admitted, refused.wait, refused.limit) == (False, 7.5, "requests")
+    assert refused.headers == {"x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "7.5s"}
+    assert window.admit(1, rpm, now=10).admitted  # the first one left the window at exactly t=10
+    window.clear()
+    tpm = Limits(rpm=0, tpm=100, window=10)
+    assert window.admit(60, tpm, now=0).admitted and window.admit(30, tpm, now=1).admitted
+    assert window.admit(50, tpm, now=2).wait == 8  # the 60 must leave
+    assert window.admit(10, tpm, now=2).admitted  # 100 exactly
+    assert window.admit(101, tpm, now=3).wait == math.inf
+    assert window.admit(85, tpm, now=4).wait == 7  # the 60 and the 30 must leave, not the 10
+
+
+@pytest.mark.parametrize("knobs", [{"rpm_limit": -1}, {"tpm_limit": 1.5}, {"limit_window": 0}, {"limit_headers": "x"}, {"fetch_timeout": 0}])
+def test_bad_limit_knobs_are_refused(knobs):
+    with pytest.raises(ValueError):
+        SimulatorSettings(**knobs)
+
+
+def test_limit_and_image_flags(tmp_path):
+    args = build_parser().parse_args(["--rpm-limit", "5", "--tpm-limit", "9000", "--limit-window", "1", "--limit-headers", "anthropic",
+                                      "--image-dir", str(tmp_path), "--fetch-timeout", "2", "--fault-script", "url_timeout"])
+    assert (args.rpm_limit, args.tpm_limit, args.limit_window, args.limit_headers, args.image_dir, args.fetch_timeout) == (
+        5, 9000, 1.0, "anthropic", str(tmp_path), 2.0)
