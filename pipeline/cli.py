@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tokens", type=int, metavar="N", help=f"longest caption, in tokens (default {D.max_tokens})")
     c.add_argument("--temperature", type=float, metavar="X", help="sampling temperature, 0 to 2 (default: the provider's)")
     c.add_argument("--concurrency", type=int, metavar="N", help=f"most requests in flight at once (default {D.concurrency})")
+    c.add_argument("--rpm", type=int, metavar="N", help="requests per minute the provider allows; paced just under it (default: found from 429s and limit headers)")
+    c.add_argument("--tpm", type=int, metavar="N", help="tokens per minute the provider allows, counted from an estimate before sending (default: found adaptively)")
     c.add_argument("--max-retries", type=int, metavar="N", help=f"retries per image after a transient failure (default {D.max_retries})")
     c.add_argument("--timeout", type=float, metavar="SECONDS", help=f"give up on one attempt after this long (default {D.timeout:g})")
     c.add_argument("--limit", type=int, metavar="N", help="process only the first N manifest rows")
@@ -126,7 +128,7 @@ def _caption(args: argparse.Namespace) -> int:
     flags = {
         name: getattr(args, name)
         for name in ("manifest", "output", "base_url", "model", "api_key_env", "prompt", "system", "max_tokens",
-                     "temperature", "concurrency", "max_retries", "timeout", "limit", "dry_run", "redo", "retry_errors",
+                     "temperature", "concurrency", "rpm", "tpm", "max_retries", "timeout", "limit", "dry_run", "redo", "retry_errors",
                      "grace", "max_consecutive_failures", "log_format", "max_image_side", "max_image_bytes", "fetch_remote",
                      "allow_private_urls", "image_detail", "stream", "stall_timeout", "max_tokens_field")
     }

@@ -1,4 +1,4 @@
-"""The only module that talks to the provider: one POST, classified once into a Completion or a typed error."""
+"""The only module that talks to the provider: one POST, paced by the rate limiter, classified once into a Completion or a typed error."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .errors import (
     APITimeoutError,
     status_error_class,
 )
+from .ratelimit import RateLimiter, Ticket
 from .records import Completion
 from .response import parse_completion, parse_error_body
 from .retry import retry_after_seconds
@@ -38,6 +39,7 @@ class ChatClient:
         *,
         stall_timeout: float | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        limiter: RateLimiter | None = None,
     ):
         self._session = session
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -47,14 +49,32 @@ class ChatClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.timeout_seconds = timeout
         self._stall_timeout = stall_timeout
+        self._limiter = limiter or RateLimiter()  # with no limits given, it still learns from 429s and headers
 
-    async def complete(self, body: bytes, *, stream: bool = False) -> Completion:
-        """Send one already-encoded request; no retries here (see retry.RetryPolicy)."""
+    async def complete(self, body: bytes, *, stream: bool = False, tokens: int = 0) -> Completion:
+        """Send one already-encoded request when the rate limiter allows; no retries here (see retry.RetryPolicy).
+
+        `tokens` is the request's estimated cost, for the tokens-per-minute budget.
+        """
+        ticket = await self._limiter.acquire(tokens)
+        try:
+            completion = await self._send(body, stream, ticket)
+        finally:
+            self._limiter.release(ticket)  # no-op when an answer already closed the ticket
+        total = completion.usage.get("total_tokens")
+        if isinstance(total, int):
+            self._limiter.reconcile(ticket.tokens, total)
+        return completion
+
+    async def _send(self, body: bytes, stream: bool, ticket: Ticket) -> Completion:
         sent_at = time.monotonic()
         try:
             async with self._session.post(self.url, data=body, headers=self._headers, timeout=self._timeout) as response:
                 if response.status != 200:
-                    raise self._status_error(response, await response.read())
+                    error = self._status_error(response, await response.read())
+                    self._limiter.on_response(response.status, response.headers, error.retry_after, ticket=ticket)
+                    raise error
+                self._limiter.on_response(200, response.headers, ticket=ticket)
                 if stream:
                     completion, ttft = await read_completion(response.content, stall_timeout=self._stall_timeout, started_at=sent_at)
                     return dataclasses.replace(completion, time_to_first_token=ttft)

@@ -54,6 +54,8 @@ class JobConfig:
     max_tokens: int = 300
     temperature: float | None = None
     concurrency: int = 16
+    rpm: int | None = None  # requests per minute the provider allows (None: found adaptively)
+    tpm: int | None = None  # tokens per minute the provider allows
     max_retries: int = 6
     timeout: float = 120.0
     limit: int | None = None
@@ -181,6 +183,8 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
     number("max_tokens", int, 1)
     number("temperature", float, 0, 2)
     number("concurrency", int, 1, 10_000)
+    number("rpm", int, 1)
+    number("tpm", int, 1)
     number("max_retries", int, 0, 100)
     number("timeout", float, 0.1)
     number("limit", int, 0)

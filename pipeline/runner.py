@@ -46,7 +46,8 @@ from .images import ImageLoader
 from .lock import OutputLock
 from .manifest import Manifest, open_manifest
 from .progress import Counters, Progress
-from .records import ManifestRow
+from .ratelimit import RateLimiter, estimate_tokens, provider_family
+from .records import ManifestRow, PreparedImage
 from .request import build_chat_request, encode_body
 from .results import error_row, ok_row
 from .resume import ResumeIndex, fingerprinter
@@ -121,6 +122,7 @@ async def run_job_async(config: JobConfig) -> RunSummary:
                 client = ChatClient(
                     session, config.base_url, config.api_key, config.timeout,
                     stall_timeout=config.stall_timeout, extra_headers=config.extra_headers,
+                    limiter=RateLimiter(rpm=config.rpm, tpm=config.tpm),
                 )
                 job = CaptionJob(config, images, client, writer, progress)
                 with _signals_to(stop):
@@ -205,6 +207,7 @@ class CaptionJob:
         except ImageError as e:
             return self._failed(row, e, fingerprint)
         body = encode_body(build_chat_request(self.config, prompt, image.url))
+        tokens = self._estimate_tokens(image, prompt)
         attempts = 0
         started = time.monotonic()
 
@@ -212,7 +215,7 @@ class CaptionJob:
             nonlocal attempts, started
             attempts += 1
             started = time.monotonic()
-            return await self.client.complete(body, stream=self.config.stream)
+            return await self.client.complete(body, stream=self.config.stream, tokens=tokens)
 
         try:
             completion = await self.retry.run(attempt)
@@ -220,6 +223,14 @@ class CaptionJob:
             return self._failed(row, e, fingerprint, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000)
         latency_ms = (time.monotonic() - started) * 1000
         return ok_row(row, image, completion, attempts=attempts, latency_ms=latency_ms, fingerprint=fingerprint), None
+
+    def _estimate_tokens(self, image: PreparedImage, prompt: str) -> int:
+        """What the provider will count against a tokens-per-minute limit, before it says."""
+        # A URL the provider fetches has a size we never see: assume a full-size image.
+        width, height = (image.width, image.height) if image.width else (self.config.max_image_side, self.config.max_image_side * 3 // 4)
+        text = len(prompt) + len(self.config.system or "")
+        model = self.config.model
+        return estimate_tokens(width, height, text, self.config.max_tokens, detail=self.config.image_detail, provider=provider_family(model))
 
     def _failed(self, row: ManifestRow, error: PipelineError, fingerprint: str, **kwargs: Any) -> tuple[dict[str, Any], PipelineError]:
         message = self.config.redact(str(error))

@@ -1,0 +1,356 @@
+"""Client-side rate limiting: as fast as the provider allows, and no faster.
+
+One RateLimiter is shared by every worker. Before each attempt (the first one and
+every retry) a worker awaits `acquire(estimated_tokens)`; after each HTTP answer the
+client calls `on_response(status, headers, retry_after, ticket=...)`. Three things
+decide when the next request may start:
+
+- buckets for requests and tokens per second, from --rpm / --tpm (a ceiling);
+- the provider's limit headers, read on every answer: when the remaining budget is
+  low, what is left is spread over the time until it resets;
+- an AIMD controller: a 429 holds the whole pool for the server's Retry-After and
+  cuts the request rate to 0.9 x what the provider accepted over the last minute;
+  every success that had to wait for the rate adds a little back (~+10 % a minute).
+
+Waiters are served in arrival order: one asyncio.Lock (FIFO), and only the task at
+its head sleeps, so a freed slot never wakes a herd.
+
+Wiring, per attempt (tenacity's retries go through it too, so they are paced):
+
+    ticket = await limiter.acquire(estimate)   # estimate_tokens(...) for this row
+    ...send; no answer at all (timeout, connection error, cancel): limiter.release(ticket)
+    limiter.on_response(status, headers, retry_after_seconds(headers), ticket=ticket)
+    limiter.reconcile(ticket.tokens, usage.total_tokens)   # on 200, when usage is known
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Mapping
+
+WINDOW = 60.0  # providers count per minute
+# Pace at 99 % of a known limit: a request that reaches a sliding-window provider a few ms
+# early would otherwise be its limit + 1st, and one 429 costs more than 1 % (a cut, then the climb back).
+MARGIN = 0.99
+MIN_RATE = 1 / WINDOW  # never below 1 rpm
+DEFAULT_HOLD = 1.0  # pool hold after a 429 without Retry-After
+MAX_HOLD = 60.0  # longer advice (a daily quota) is the retry policy's business, not a reason to stall the pool
+
+
+# --- token estimate -----------------------------------------------------------
+
+
+def provider_family(model: str) -> str:
+    """Whose image-token formula applies: 'anthropic' for Claude models, else 'openai'."""
+    return "anthropic" if "claude" in model.lower() else "openai"
+
+
+def image_tokens(width: int, height: int, *, detail: str | None = None, provider: str = "openai") -> int:
+    if width <= 0 or height <= 0:
+        return 0
+    if provider == "anthropic":
+        # Claude first shrinks the image to a 1568 px long edge and ~1.15 MP (1568 tokens).
+        scale = min(1.0, 1568 / max(width, height), math.sqrt(1568 * 750 / (width * height)))
+        return math.ceil(int(width * scale) * int(height * scale) / 750)
+    if detail == "low":
+        return 85
+    scale = min(1.0, 2048 / max(width, height))  # fit in 2048 x 2048, then shortest side to 768
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    return 170 * math.ceil(w / 512) * math.ceil(h / 512) + 85
+
+
+def estimate_tokens(width: int, height: int, prompt_chars: int, max_tokens: int, *, detail: str | None, provider: str) -> int:
+    """Tokens a provider will count against TPM for one request: image + prompt + the answer's ceiling."""
+    return image_tokens(width, height, detail=detail, provider=provider) + math.ceil(prompt_chars / 4) + max_tokens
+
+
+# --- limit headers ------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|μs|ns)")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float | None:
+    """'1h2m3.5s', '6m0s', '12ms', '1.5s' or a bare number of seconds -> seconds; None if unreadable."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            return None
+        return sum(float(n) * _UNIT[u] for n, u in parts)
+    return value if value >= 0 and math.isfinite(value) else None
+
+
+def _reset_seconds(text: str, now: float) -> float | None:
+    """A duration ('6m0s') or an RFC 3339 moment ('2026-11-25T21:00:00Z') -> seconds from `now`."""
+    seconds = parse_duration(text)
+    if seconds is None:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            return None
+        seconds = None if moment.tzinfo is None else max(0.0, moment.timestamp() - now)
+    return seconds
+
+
+def _int(text: str, now: float) -> int | None:
+    try:
+        return int(float(text))
+    except (ValueError, OverflowError):
+        return None
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """What one answer said about the budget left; resets are seconds from that answer."""
+
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset: float | None = None
+
+
+_PARSE = {"limit": _int, "remaining": _int, "reset": _reset_seconds}
+# Anthropic may send only the input-token family.
+_NAMES = {
+    "requests": ("x-ratelimit-{}-requests", "anthropic-ratelimit-requests-{}"),
+    "tokens": ("x-ratelimit-{}-tokens", "anthropic-ratelimit-tokens-{}", "anthropic-ratelimit-input-tokens-{}"),
+}
+
+
+def parse_limit_headers(headers: Mapping[str, str], now: float | None = None) -> LimitState | None:
+    """OpenAI-style `x-ratelimit-*` or Anthropic `anthropic-ratelimit-*`; `now` is wall-clock time."""
+    h = {k.lower(): v for k, v in headers.items()}
+    now = time.time() if now is None else now
+    fields: dict[str, float | int | None] = {}
+    for kind, patterns in _NAMES.items():
+        family = next((p for p in patterns if any(p.format(part) in h for part in _PARSE)), None)
+        for part, parse in _PARSE.items():
+            raw = h.get(family.format(part)) if family else None
+            fields[f"{kind}_{part}"] = None if raw is None else parse(raw, now)
+    return LimitState(**fields) if any(v is not None for v in fields.values()) else None
+
+
+# --- the limiter ----------------------------------------------------------------
+
+
+class _Bucket:
+    """`level` refills at `rate` per second up to `burst` and may go negative (debt); rate None = no limit."""
+
+    def __init__(self, now: float):
+        self.rate: float | None = None
+        self.burst = self.level = 1.0
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        if self.rate is not None:
+            self.level = min(self.burst, self.level + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def set_rate(self, rate: float | None, now: float) -> None:
+        self.refill(now)
+        self.rate, self.burst = rate, max(1.0, rate or 1.0)  # a burst of one second's worth
+        self.level = min(self.level, self.burst)
+
+    def wait(self, amount: float, now: float) -> float:
+        """Seconds until `amount` may be taken; one larger than the burst goes when the bucket is full."""
+        self.refill(now)
+        need = min(amount, self.burst) - self.level
+        if self.rate is None or need <= 0:
+            return 0.0
+        return need / self.rate if self.rate > 0 else math.inf
+
+    def add(self, amount: float, now: float) -> None:
+        self.refill(now)
+        if self.rate is not None:  # unlimited: nothing to count
+            self.level = min(self.burst, self.level + amount)
+
+
+@dataclass
+class Ticket:
+    """One granted start; hand it back to `on_response` (an answer came) or `release` (none did)."""
+
+    tokens: int
+    granted_at: float
+    waited: bool  # the limiter, not an idle pool, decided when it went
+    open: bool = True
+
+
+KINDS = ("requests", "tokens")
+
+
+class RateLimiter:
+    """Shared by all workers: `acquire` before every attempt, `on_response` after every answer."""
+
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,  # only to read RFC 3339 reset times
+        decrease: float = 0.9,  # after a 429: rate = decrease x what the provider accepted in the minute before
+        increase: float = 0.1,  # then each success adds `increase` rpm: +10 % a minute at any rate
+        margin: float = MARGIN,
+    ):
+        if (rpm is not None and rpm <= 0) or (tpm is not None and tpm <= 0):
+            raise ValueError("rpm and tpm must be positive")
+        self.clock, self.wall_clock, self.margin = clock, wall_clock, margin
+        self.decrease, self.increase = decrease, increase
+        now = clock()
+        self._started = now
+        self._buckets = {kind: _Bucket(now) for kind in KINDS}
+        self._ceiling = {"requests": rpm and rpm * margin / WINDOW, "tokens": tpm and tpm * margin / WINDOW}
+        self._limit: dict[str, float | None] = dict.fromkeys(KINDS)  # from x-ratelimit-limit-*, per second
+        self._gate: dict[str, tuple[float, float] | None] = dict.fromkeys(KINDS)  # (rate, until) from remaining/reset
+        self.rate: float | None = None  # the adaptive request rate; None until a 429 gives one
+        self.hold_until = self._last_cut = -math.inf
+        self._pending_cut: tuple[float, float | None] | None = None  # (when, rate before)
+        self._accepted: deque[float] = deque()  # grant times of answered-ok requests, last two minutes
+        self.in_flight = dict.fromkeys(KINDS, 0)
+        self.peak = dict.fromkeys(KINDS, 0)
+        self.granted = dict.fromkeys(KINDS, 0)
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._update(now)
+        self._buckets["tokens"].level = self._buckets["tokens"].burst
+
+    # -- waiting ---------------------------------------------------------------
+
+    def delay(self, tokens: int = 0) -> float:
+        """Seconds before a request of `tokens` may start (0 = now); takes nothing."""
+        now = self.clock()
+        for kind, gate in self._gate.items():
+            if gate and now >= gate[1]:
+                self._gate[kind] = None
+                self._update(now)
+        if self._pending_cut and now >= self.hold_until:
+            self._cut(now)
+        seconds = max(self.hold_until - now, self._buckets["requests"].wait(1, now), self._buckets["tokens"].wait(tokens, now))
+        return seconds if seconds > 1e-9 else 0.0  # not float rounding
+
+    async def acquire(self, tokens: int = 0) -> Ticket:
+        """Wait, first come first served, until one request of `tokens` may start; take it."""
+        waited = False
+        async with self._lock:
+            while (seconds := self.delay(tokens)) > 0:
+                waited = True
+                self._changed.clear()
+                try:  # sleep, but look again early if an answer changes the picture
+                    async with asyncio.timeout(seconds):
+                        await self._changed.wait()
+                except TimeoutError:
+                    pass
+            now = self.clock()
+            for kind, amount in zip(KINDS, (1, tokens)):
+                self._buckets[kind].add(-amount, now)
+                self.in_flight[kind] += amount
+                self.granted[kind] += amount
+                self.peak[kind] = max(self.peak[kind], self.in_flight[kind])
+            return Ticket(tokens, now, waited)
+
+    def release(self, ticket: Ticket | None) -> None:
+        """The attempt ended without an answer (connection error, timeout, cancel). Idempotent."""
+        if ticket is not None and ticket.open:
+            ticket.open = False
+            self.in_flight["requests"] -= 1
+            self.in_flight["tokens"] -= ticket.tokens
+
+    def reconcile(self, estimated: int, actual: int) -> None:
+        """Real usage is known: refund an overestimate, or take the shortfall (the bucket may go into debt)."""
+        self._buckets["tokens"].add(estimated - actual, self.clock())
+        self._changed.set()
+
+    # -- feedback --------------------------------------------------------------
+
+    def on_response(
+        self, status: int, headers: Mapping[str, str] | None = None, retry_after: float | None = None, *, ticket: Ticket | None = None
+    ) -> None:
+        """Every HTTP answer, ok or not; `retry_after` as the server gave it (retry.retry_after_seconds)."""
+        now = self.clock()
+        self.release(ticket)
+        state = parse_limit_headers(headers, self.wall_clock()) if headers else None
+        if state is not None:
+            self._apply(state, now)
+        if status == 429:
+            self._on_429(now, retry_after, ticket)
+        elif 200 <= status < 300:
+            self._on_success(now, ticket)
+        self._changed.set()
+
+    def _on_429(self, now: float, retry_after: float | None, ticket: Ticket | None) -> None:
+        held = now < self.hold_until
+        hold = DEFAULT_HOLD if retry_after is None else min(max(retry_after, 0.0), MAX_HOLD)
+        self.hold_until = max(self.hold_until, now + hold)
+        # One cut per congestion event: requests sent before the last cut were sent at the old rate.
+        if (ticket.granted_at <= self._last_cut) if ticket is not None else held:
+            return
+        self._last_cut = now
+        # The new rate is set when the hold ends: by then the requests sent just before the 429 have
+        # answered, so what the provider accepted in the minute before it said no is known.
+        self._pending_cut = (now, self._known_rate("requests"))
+
+    def _cut(self, now: float) -> None:
+        cut_at, before = self._pending_cut
+        self._pending_cut = None
+        # Over the minute before the 429 or, early in a run, over what there is of it: a stray 429 in
+        # the first seconds (overload, not a limit) must not cut the rate to the handful of requests
+        # that had been sent so far. A real limit hit that early cuts again on its next 429.
+        span = min(WINDOW, max(1.0, cut_at - self._started))
+        accepted = sum(cut_at - span < t <= cut_at for t in self._accepted) / span
+        known = [r for r in (accepted, before) if r]
+        if known:  # else nothing to go on: the holds alone protect the provider
+            self.rate = max(MIN_RATE, self.decrease * min(known))
+        self._update(now)
+        self._buckets["requests"].level = 1.0  # nothing was saved up during the hold: one goes now, then the pace
+
+    def _on_success(self, now: float, ticket: Ticket | None) -> None:
+        self._accepted.append(ticket.granted_at if ticket else now)
+        while self._accepted[0] <= now - 2 * WINDOW:
+            self._accepted.popleft()
+        # Climb only while the rate is what holds requests back, and not on answers to requests sent before the cut.
+        if self.rate is not None and (ticket is None or (ticket.waited and ticket.granted_at > self._last_cut)):
+            self.rate += self.increase / WINDOW
+            ceiling = min((r for r in (self._ceiling["requests"], self._limit["requests"]) if r), default=None)
+            if ceiling is not None and self.rate >= ceiling:
+                self.rate = None  # back at the ceiling: the bucket rules again
+            self._update(now)
+
+    def _apply(self, state: LimitState, now: float) -> None:
+        for kind in KINDS:
+            limit, remaining, reset = (getattr(state, f"{kind}_{part}") for part in ("limit", "remaining", "reset"))
+            if limit:
+                self._limit[kind] = limit * self.margin / WINDOW
+            if remaining is None or not reset:
+                continue
+            budget = remaining - self.in_flight[kind]  # what is in flight will spend some of it
+            if budget >= 2 * max(self.peak[kind], 1):
+                self._gate[kind] = None
+            else:  # low: spread what is left over the time until the reset, at least one request's worth
+                one = 1.0 if kind == "requests" else self.granted["tokens"] / max(self.granted["requests"], 1)
+                self._gate[kind] = (max(budget, one, 1.0) / reset, now + reset)
+        self._update(now)
+
+    # -- rates -----------------------------------------------------------------
+
+    def _known_rate(self, kind: str) -> float | None:
+        adaptive = self.rate if kind == "requests" else None
+        return min((r for r in (self._ceiling[kind], self._limit[kind], adaptive) if r is not None), default=None)
+
+    def _update(self, now: float) -> None:
+        for kind in KINDS:
+            gate = self._gate[kind]
+            rate = min((r for r in (self._known_rate(kind), gate and gate[0]) if r is not None), default=None)
+            self._buckets[kind].set_rate(rate, now)
