@@ -154,11 +154,13 @@ class SlidingWindow:
             # The reset is when the window next frees room: when its oldest entry leaves.
             reset = 0.0 if oldest is None else max(0.0, oldest + limits.window - now)
             remaining = str(max(0, limit - used))
+            # Providers state limits per minute; a shorter window (quick tests) is stated as its per-minute rate.
+            per_minute = str(round(limit * 60 / limits.window))
             if limits.header_form == "anthropic":
-                headers |= {f"anthropic-ratelimit-{kind}-limit": str(limit), f"anthropic-ratelimit-{kind}-remaining": remaining,
+                headers |= {f"anthropic-ratelimit-{kind}-limit": per_minute, f"anthropic-ratelimit-{kind}-remaining": remaining,
                             f"anthropic-ratelimit-{kind}-reset": rfc3339(time.time() + reset)}
             else:
-                headers |= {f"x-ratelimit-limit-{kind}": str(limit), f"x-ratelimit-remaining-{kind}": remaining,
+                headers |= {f"x-ratelimit-limit-{kind}": per_minute, f"x-ratelimit-remaining-{kind}": remaining,
                             f"x-ratelimit-reset-{kind}": format_duration(reset)}
         return headers
 

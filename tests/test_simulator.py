@@ -741,7 +741,7 @@ def test_rpm_limit_admits_n_per_window_then_429_with_the_exact_wait(simulator):
     answers = [post(simulator) for _ in range(6)]
     assert [status for status, _, _ in answers] == [200] * 5 + [429]
     assert [h["x-ratelimit-remaining-requests"] for _, h, _ in answers] == ["4", "3", "2", "1", "0", "0"]
-    assert {h["x-ratelimit-limit-requests"] for _, h, _ in answers} == {"5"}
+    assert {h["x-ratelimit-limit-requests"] for _, h, _ in answers} == {"300"}  # 5 a second, stated per minute
     assert "x-ratelimit-limit-tokens" not in answers[0][1]  # the TPM limit is off
     _, headers, text = answers[-1]
     assert json.loads(text)["error"]["code"] == "rate_limit_exceeded" and json.loads(text)["error"]["type"] == "requests"
@@ -812,7 +812,8 @@ def test_sliding_window_waits_are_exact():
     assert [window.admit(1, rpm, now=t).admitted for t in (0, 1)] == [True, True]
     refused = window.admit(1, rpm, now=2.5)
     assert (refused.admitted, refused.wait, refused.limit) == (False, 7.5, "requests")
-    assert refused.headers == {"x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "7.5s"}
+    # The limit is stated per minute, as providers do: 2 per 10 s is 12 a minute.
+    assert refused.headers == {"x-ratelimit-limit-requests": "12", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "7.5s"}
     assert window.admit(1, rpm, now=10).admitted  # the first one left the window at exactly t=10
     window.clear()
     tpm = Limits(rpm=0, tpm=100, window=10)
@@ -834,3 +835,19 @@ def test_limit_and_image_flags(tmp_path):
                                       "--image-dir", str(tmp_path), "--fetch-timeout", "2", "--fault-script", "url_timeout"])
     assert (args.rpm_limit, args.tpm_limit, args.limit_window, args.limit_headers, args.image_dir, args.fetch_timeout) == (
         5, 9000, 1.0, "anthropic", str(tmp_path), 2.0)
+
+
+def test_header_decode_captions_from_the_size_alone_and_still_refuses_non_images(simulator):
+    jpeg = image_bytes((220, 20, 20), (300, 600), "JPEG")
+    truncated = jpeg[: len(jpeg) // 2]  # the header is intact, the pixels are not
+    assert post(simulator, chat_body(data_url(truncated, "image/jpeg")))[0] == 400  # full decode: a provider refuses it
+    simulator.configure(decode="header")
+    status, _, text = post(simulator, chat_body(data_url(truncated, "image/jpeg")))
+    assert status == 200, text
+    answer = json.loads(text)
+    assert answer["choices"][0]["message"]["content"] == "A 300×600 portrait image."
+    assert answer["usage"]["prompt_tokens"] == math.ceil(300 * 600 / 750) + math.ceil((len(SYSTEM) + len(PROMPT)) / 4)
+    assert post(simulator, chat_body(data_url(b"\x89PNG\r\n\x1a\n this is not a png")))[0] == 400
+    assert build_parser().parse_args(["--decode", "header"]).decode == "header"
+    with pytest.raises(ValueError):
+        SimulatorSettings(decode="pixels")
