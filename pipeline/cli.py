@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption every image in a manifest; one Parquet row per image. "
         "Precedence: flag > environment variable > job file > built-in default.",
         epilog="exit codes: 0 all rows ok; 1 some rows failed (they are in the output); "
-        "2 usage or configuration error; 3 aborted (authentication, quota or too many failures in a row); "
+        "2 usage or configuration error; 3 aborted (authentication, quota or too many failures in a row); 4 stopped at --max-cost; "
         "75 another run holds the output; 130 stopped by Ctrl-C; 143 stopped by SIGTERM. "
         "A rerun of the same command continues where the last one stopped.",
     )
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--concurrency", type=int, metavar="N", help=f"most requests in flight at once (default {D.concurrency})")
     c.add_argument("--rpm", type=int, metavar="N", help="requests per minute the provider allows; paced just under it (default: found from 429s and limit headers)")
     c.add_argument("--tpm", type=int, metavar="N", help="tokens per minute the provider allows, counted from an estimate before sending (default: found adaptively)")
+    c.add_argument("--max-cost", type=float, metavar="USD", help="stop (resumably, exit 4) before spending more than this, counting requests in flight")
+    c.add_argument("--prices", metavar="FILE", help="TOML of USD per million tokens per model (default jobs/prices.toml)")
     c.add_argument("--max-retries", type=int, metavar="N", help=f"retries per image after a transient failure (default {D.max_retries})")
     c.add_argument("--timeout", type=float, metavar="SECONDS", help=f"give up on one attempt after this long (default {D.timeout:g})")
     c.add_argument("--limit", type=int, metavar="N", help="process only the first N manifest rows")
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_caption)
 
     commands.add_parser("simulate", help="serve the bundled OpenAI-compatible simulator (see: simulate --help)", add_help=False)
+    commands.add_parser("report", help="write a self-contained HTML review page for an output (see: report --help)", add_help=False)
     d = commands.add_parser("demo", help="run the job on sample_data/ against the simulator on loopback (no key, no network)")
     d.add_argument("-o", "--output", default="output/demo.parquet", help="where to write the demo's output")
     d.set_defaults(func=_demo)
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import simulator
 
         return simulator.main(argv[1:])
+    if argv[:1] == ["report"]:
+        from . import report
+
+        return report.main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_format", None) or os.environ.get("CAPTION_LOG_FORMAT"))
     try:
@@ -128,7 +135,7 @@ def _caption(args: argparse.Namespace) -> int:
     flags = {
         name: getattr(args, name)
         for name in ("manifest", "output", "base_url", "model", "api_key_env", "prompt", "system", "max_tokens",
-                     "temperature", "concurrency", "rpm", "tpm", "max_retries", "timeout", "limit", "dry_run", "redo", "retry_errors",
+                     "temperature", "concurrency", "rpm", "tpm", "max_cost", "prices", "max_retries", "timeout", "limit", "dry_run", "redo", "retry_errors",
                      "grace", "max_consecutive_failures", "log_format", "max_image_side", "max_image_bytes", "fetch_remote",
                      "allow_private_urls", "image_detail", "stream", "stall_timeout", "max_tokens_field")
     }

@@ -20,6 +20,8 @@ FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
 
 # Options that an environment variable may set.
 ENVIRONMENT = {"base_url": "CAPTION_BASE_URL", "model": "CAPTION_MODEL"}
+# The prices file users edit; the repo's copy unless a job file or --prices names another.
+DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "jobs" / "prices.toml"
 
 
 class Secret:
@@ -65,6 +67,8 @@ class JobConfig:
     grace: float = 20.0  # seconds in-flight requests get to finish after SIGTERM / Ctrl-C
     max_consecutive_failures: int = 50  # abort after this many transient-failure rows in a row (0: never)
     log_format: str | None = None  # "text" | "json"; None: json when stderr is not a terminal
+    prices: Path | None = DEFAULT_PRICES  # USD per million tokens, per model
+    max_cost: float | None = None  # stop (resumable) before spending more than this, in USD
     # Images
     max_image_side: int = 1568  # Anthropic scales anything longer down anyway
     max_image_bytes: int = 5 * 1024 * 1024  # of the base64 payload; Anthropic refuses more
@@ -94,7 +98,7 @@ class JobConfig:
 
 
 OPTION_NAMES = frozenset(f.name for f in fields(JobConfig)) - {"api_key"}
-PATH_OPTIONS = ("manifest", "output")
+PATH_OPTIONS = ("manifest", "output", "prices")
 
 
 def load_config(
@@ -189,6 +193,7 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
     number("timeout", float, 0.1)
     number("limit", int, 0)
     number("grace", float, 0)
+    number("max_cost", float, 0)
     number("max_image_side", int, 64, 10_000)
     number("max_image_bytes", int, 10_000)
     number("stall_timeout", float, 0.1)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from .report import default_html_path, write_report
+
 DEMO_JOB = Path("jobs/demo.toml")
 SIMULATOR_ARGS = ["--latency", "0.3", "--jitter", "0.2", "--rate-429", "0.15", "--rate-5xx", "0.05", "--retry-after", "0.5", "--seed", "7"]
 
@@ -39,10 +41,14 @@ def run_demo(output: str) -> int:
     finally:
         simulator.terminate()
         simulator.wait(timeout=10)
-    if Path(output).exists():
-        _show(Path(output))
+    if not Path(output).exists():
+        print(f"demo: the job wrote no output (exit code {code})", file=sys.stderr)
+        return code or 1
+    _show(Path(output))
+    report = write_report(Path(output), default_html_path(Path(output)))
     print(f"\ndemo: exit code {code} (1 = some rows failed: sample_data/broken.jpg is broken on purpose)")
     print(f"demo: output written to {output}")
+    print(f"demo: review page: {report.line()}; open it in a browser")
     return 0 if code in (0, 1) else code
 
 

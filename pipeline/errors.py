@@ -17,6 +17,7 @@ EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
+EXIT_BUDGET = 4  # stopped before spending more than --max-cost; rerun to continue
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the output; try again later
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143

@@ -25,6 +25,7 @@ class Counters:
     skipped: int = 0  # rows the output already held (counted by the reader's thread)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
     error_types: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -62,6 +63,7 @@ class Progress:
         c.rows_sent += attempts > 0
         c.prompt_tokens += row.get("prompt_tokens") or 0
         c.completion_tokens += row.get("completion_tokens") or 0
+        c.cost_usd += row.get("cost_usd") or 0.0
         if row["status"] == "ok":
             c.ok += 1
         else:
@@ -86,10 +88,10 @@ class Progress:
         of = f"/{c.total}" if c.total is not None else ""
         skipped = f", {c.skipped} already done" if c.skipped else ""
         log.info(
-            "progress: %d%s rows (%d ok, %d error%s), %d tokens, %.1f requests/s",
-            c.done + c.skipped, of, c.ok, c.error, skipped, c.tokens, self._rate(),
+            "progress: %d%s rows (%d ok, %d error%s), %d tokens, $%.4f, %.1f requests/s",
+            c.done + c.skipped, of, c.ok, c.error, skipped, c.tokens, c.cost_usd, self._rate(),
             extra={"progress": {"done": c.done, "ok": c.ok, "error": c.error, "skipped": c.skipped, "total": c.total,
-                                "requests": c.requests, "tokens": c.tokens}},
+                                "requests": c.requests, "tokens": c.tokens, "cost_usd": round(c.cost_usd, 6)}},
         )
 
     def close(self) -> None:
@@ -103,4 +105,4 @@ class Progress:
 
     def _postfix(self) -> str:
         c = self.counters
-        return f"ok={c.ok} err={c.error} tok={c.tokens} req/s={self._rate():.1f}"
+        return f"ok={c.ok} err={c.error} tok={c.tokens} ${c.cost_usd:.4f} req/s={self._rate():.1f}"

@@ -22,6 +22,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
         ("total_tokens", pa.int64()),
+        ("cost_usd", pa.float64()),  # from the prices file; null when the model has no price there
         ("attempts", pa.int32()),
         ("latency_ms", pa.float64()),
         ("error_type", pa.string()),
@@ -52,6 +53,7 @@ def ok_row(
     attempts: int,
     latency_ms: float,
     fingerprint: str | None = None,
+    cost_usd: float | None = None,
 ) -> dict[str, Any]:
     usage = completion.usage
     return _row(
@@ -63,6 +65,7 @@ def ok_row(
         prompt_tokens=_int(usage.get("prompt_tokens")),
         completion_tokens=_int(usage.get("completion_tokens")),
         total_tokens=_int(usage.get("total_tokens")),
+        cost_usd=cost_usd,
         attempts=attempts,
         latency_ms=round(latency_ms, 1),
         response_id=completion.response_id,

@@ -9,32 +9,34 @@ the output already holds (same id, same request fingerprint, ok) are skipped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
 import os
-import signal
 import socket
-import threading
 import time
 import uuid
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import aiohttp
 
 from .client import ChatClient
+from .cost import Budget, load_price
 from .config import JobConfig
 from .errors import (
     EXIT_ABORTED,
+    EXIT_BUDGET,
     EXIT_OK,
     EXIT_ROWS_FAILED,
     EXIT_SIGINT,
     EXIT_SIGTERM,
     RUN_ENDING_ERRORS,
     APIError,
+    ConfigError,
     ImageError,
     ManifestError,
     ManifestRowError,
@@ -45,6 +47,7 @@ from .fetch import make_fetch_session
 from .images import ImageLoader
 from .lock import OutputLock
 from .manifest import Manifest, open_manifest
+from .pool import StopRequest, run_pool, signals_to
 from .progress import Counters, Progress
 from .ratelimit import RateLimiter, estimate_tokens, provider_family
 from .records import ManifestRow, PreparedImage
@@ -57,10 +60,6 @@ from .writer import ResultWriter
 
 log = logging.getLogger("pipeline")
 
-# Rows read from the manifest per trip to a worker thread (reading never blocks the event loop).
-READ_BATCH = 256
-
-
 @dataclass(frozen=True)
 class RunSummary:
     output: Path | None
@@ -72,13 +71,15 @@ class RunSummary:
     retries: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: float
     duplicates: int
     seconds: float
     exit_code: int
     error_types: dict[str, int] = field(default_factory=dict)
     aborted: str | None = None
-    stopped_by: str | None = None  # "SIGTERM" / "SIGINT"
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT" / "max-cost"
     dry_run: bool = False
+    estimated_input_tokens: int | None = None  # dry runs
 
     @property
     def total_tokens(self) -> int:
@@ -94,7 +95,7 @@ class RunSummary:
         dup = f", {self.duplicates} duplicate ids skipped" if self.duplicates else ""
         return (
             f"{what} in {self.seconds:.1f} s: {self.rows} rows, {self.ok} ok, {self.error} error{errors}{skipped}{dup}, "
-            f"{self.requests} requests ({self.retries} retries), {self.total_tokens} tokens{where}"
+            f"{self.requests} requests ({self.retries} retries), {self.total_tokens} tokens, ${self.cost_usd:.4f}{where}"
         )
 
 
@@ -124,8 +125,8 @@ async def run_job_async(config: JobConfig) -> RunSummary:
                     stall_timeout=config.stall_timeout, extra_headers=config.extra_headers,
                     limiter=RateLimiter(rpm=config.rpm, tpm=config.tpm),
                 )
-                job = CaptionJob(config, images, client, writer, progress)
-                with _signals_to(stop):
+                job = CaptionJob(config, images, client, writer, progress, stop)
+                with signals_to(stop):
                     try:
                         await run_pool(rows, job.process, config.concurrency, progress, stop=stop, grace=config.grace)
                     except* RunAborted as group:
@@ -136,7 +137,7 @@ async def run_job_async(config: JobConfig) -> RunSummary:
         finally:
             progress.close()
             writer.close()
-        summary = _summary(config, manifest, progress, aborted=aborted, stopped_by=stop.signal)
+        summary = _summary(config, manifest, progress, aborted=aborted, stopped_by=stop.reason)
         append_run_record(config.output, _run_record(config, summary, started_at))
     return summary
 
@@ -169,18 +170,26 @@ def _rows_to_do(config: JobConfig, manifest: Manifest, index: ResumeIndex, count
 class CaptionJob:
     """What happens to one row: load the image, send it (with retries), write the result."""
 
-    def __init__(self, config: JobConfig, images: ImageLoader, client: ChatClient, writer: ResultWriter, progress: Progress):
+    def __init__(self, config: JobConfig, images: ImageLoader, client: ChatClient, writer: ResultWriter, progress: Progress, stop: StopRequest):
         self.config = config
         self.images = images
         self.client = client
         self.writer = writer
         self.progress = progress
+        self.stop = stop
         self.retry = RetryPolicy(max_retries=config.max_retries)
         self.fingerprint = fingerprinter(config)
         self.failures_in_a_row = 0
+        self.price = load_price(config.prices, config.model)
+        self.budget = Budget(config.max_cost)
+        if config.max_cost is not None and self.price is None:
+            raise ConfigError(f"--max-cost needs a price for {config.model}: add it to {config.prices}")
 
     async def process(self, row: ManifestRow) -> None:
-        result, error = await self._caption(row)
+        outcome = await self._caption(row)
+        if outcome is None:  # not sent: the budget would not allow it; the next run takes it
+            return
+        result, error = outcome
         self.writer.write(result)
         self.progress.record(result)
         if isinstance(error, RUN_ENDING_ERRORS):
@@ -197,7 +206,7 @@ class CaptionJob:
                     "the endpoint looks broken, so the rest of the manifest was not sent. Rerun to continue."
                 )
 
-    async def _caption(self, row: ManifestRow) -> tuple[dict[str, Any], PipelineError | None]:
+    async def _caption(self, row: ManifestRow) -> tuple[dict[str, Any], PipelineError | None] | None:
         prompt = row.prompt or self.config.prompt
         fingerprint = self.fingerprint(prompt)
         if row.problem:
@@ -208,6 +217,19 @@ class CaptionJob:
             return self._failed(row, e, fingerprint)
         body = encode_body(build_chat_request(self.config, prompt, image.url))
         tokens = self._estimate_tokens(image, prompt)
+        worst_case = self.price.cost(tokens - self.config.max_tokens, self.config.max_tokens) if self.price else 0.0
+        if not self.budget.reserve(worst_case):
+            self.stop("max-cost", f" (${self.budget.spent:.4f} spent, ${self.budget.reserved:.4f} in flight, limit ${self.config.max_cost:g})")
+            return None
+        try:
+            result, error = await self._send(row, image, body, tokens, fingerprint)
+        except BaseException:
+            self.budget.settle(worst_case, worst_case)  # cancelled in flight: it may still be billed
+            raise
+        self.budget.settle(worst_case, result["cost_usd"] or 0.0)
+        return result, error
+
+    async def _send(self, row: ManifestRow, image: PreparedImage, body: bytes, tokens: int, fingerprint: str) -> tuple[dict[str, Any], PipelineError | None]:
         attempts = 0
         started = time.monotonic()
 
@@ -222,127 +244,30 @@ class CaptionJob:
         except APIError as e:
             return self._failed(row, e, fingerprint, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000)
         latency_ms = (time.monotonic() - started) * 1000
-        return ok_row(row, image, completion, attempts=attempts, latency_ms=latency_ms, fingerprint=fingerprint), None
+        cost = self._cost(completion.usage)
+        return ok_row(row, image, completion, attempts=attempts, latency_ms=latency_ms, fingerprint=fingerprint, cost_usd=cost), None
+
+    def _cost(self, usage: dict[str, Any]) -> float | None:
+        if self.price is None:
+            return None
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or usage.get("cache_read_input_tokens") or 0
+        return self.price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached)
 
     def _estimate_tokens(self, image: PreparedImage, prompt: str) -> int:
-        """What the provider will count against a tokens-per-minute limit, before it says."""
-        # A URL the provider fetches has a size we never see: assume a full-size image.
-        width, height = (image.width, image.height) if image.width else (self.config.max_image_side, self.config.max_image_side * 3 // 4)
-        text = len(prompt) + len(self.config.system or "")
-        model = self.config.model
-        return estimate_tokens(width, height, text, self.config.max_tokens, detail=self.config.image_detail, provider=provider_family(model))
+        """What the provider will count against a tokens-per-minute limit, before it says: input plus the longest answer."""
+        return estimate_input_tokens(self.config, image, prompt) + self.config.max_tokens
 
     def _failed(self, row: ManifestRow, error: PipelineError, fingerprint: str, **kwargs: Any) -> tuple[dict[str, Any], PipelineError]:
         message = self.config.redact(str(error))
         return error_row(row, error, message=message, model=self.config.model, fingerprint=fingerprint, **kwargs), error
 
 
-class StopRequest:
-    """SIGTERM / Ctrl-C: the first asks to stop taking rows and let requests in flight finish; the second, to stop now."""
-
-    def __init__(self) -> None:
-        self.requested = asyncio.Event()
-        self.now = asyncio.Event()
-        self.signal: str | None = None
-
-    def __call__(self, name: str) -> None:
-        if self.signal is None:
-            self.signal = name
-            self.requested.set()
-            log.warning("%s: taking no new rows; requests in flight may finish (Ctrl-C again to stop at once)", name)
-        else:
-            self.now.set()
-            log.warning("%s again: stopping now", name)
-
-
-@contextmanager
-def _signals_to(stop: StopRequest) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # a notebook or a thread: signals are not ours to take
-        return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop, sig.name)
-    try:
-        yield
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-async def run_pool(
-    rows: Iterable[ManifestRow],
-    handle: Callable[[ManifestRow], Awaitable[None]],
-    concurrency: int,
-    progress: Progress,
-    *,
-    stop: StopRequest | None = None,
-    grace: float = 0.0,
-) -> None:
-    """Feed rows through a bounded queue to `concurrency` workers.
-
-    An exception in one worker stops them all. On a stop request no new row is
-    started; rows in flight get `grace` seconds, then they are cancelled.
-    """
-    queue: asyncio.Queue[ManifestRow | None] = asyncio.Queue(maxsize=2 * concurrency)
-    closing = False
-
-    async def feed() -> None:
-        iterator: Iterator[ManifestRow] = iter(rows)
-        while not closing and (batch := await asyncio.to_thread(lambda: list(itertools.islice(iterator, READ_BATCH)))):
-            for row in batch:
-                if closing:
-                    return
-                await queue.put(row)
-        if not closing:
-            for _ in range(concurrency):
-                await queue.put(None)
-
-    def close() -> None:
-        """Drop the rows not yet started and wake every idle worker, so that only rows in flight remain."""
-        nonlocal closing
-        closing = True
-        while not queue.empty():
-            queue.get_nowait()
-        for _ in range(concurrency):
-            queue.put_nowait(None)
-
-    async def work() -> None:
-        while (row := await queue.get()) is not None and not closing:
-            await handle(row)
-
-    async def pool() -> None:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(feed())
-            for _ in range(concurrency):
-                group.create_task(work())
-
-    heartbeat = asyncio.create_task(progress.heartbeat())
-    running = asyncio.create_task(pool())
-    try:
-        if stop is None:
-            await running
-            return
-        requested = asyncio.create_task(stop.requested.wait())
-        await asyncio.wait({running, requested}, return_when=asyncio.FIRST_COMPLETED)
-        requested.cancel()
-        if not running.done():
-            close()
-            now = asyncio.create_task(stop.now.wait())
-            await asyncio.wait({running, now}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-            now.cancel()
-            if not running.done():
-                log.warning("stopping: cancelling the requests still in flight; they will be sent again by the next run")
-                running.cancel()
-        try:
-            await running
-        except asyncio.CancelledError:
-            if not closing:
-                raise
-    finally:
-        heartbeat.cancel()
-        if not running.done():
-            running.cancel()
+def estimate_input_tokens(config: JobConfig, image: PreparedImage, prompt: str) -> int:
+    """Prompt tokens the provider will bill: its image formula on the size sent, plus the text."""
+    # A URL the provider fetches has a size we never see: assume a full-size image.
+    width, height = (image.width, image.height) if image.width else (config.max_image_side, config.max_image_side * 3 // 4)
+    text = len(prompt) + len(config.system or "")
+    return estimate_tokens(width, height, text, 0, detail=config.image_detail, provider=provider_family(config.model))
 
 
 async def _dry_run(config: JobConfig, manifest: Manifest) -> RunSummary:
@@ -352,6 +277,8 @@ async def _dry_run(config: JobConfig, manifest: Manifest) -> RunSummary:
     rows = _rows_to_do(config, manifest, index, progress.counters)
     invalid: list[str] = []
     example: list[dict[str, Any]] = []
+    input_tokens = 0
+    unknown_size = 0
 
     async with _image_loader(config) as images:
 
@@ -365,7 +292,10 @@ async def _dry_run(config: JobConfig, manifest: Manifest) -> RunSummary:
                 if len(invalid) < 20:
                     invalid.append(f"  {row.id}: {e.error_type}: {e}")
                 return
+            nonlocal input_tokens, unknown_size
             progress.record({"status": "ok"})
+            input_tokens += estimate_input_tokens(config, image, row.prompt or config.prompt)
+            unknown_size += image.width is None
             if not example:
                 shown = image.url if len(image.url) <= 80 else image.url[:60] + f"...<{len(image.url)} characters>"
                 example.append(build_chat_request(config, row.prompt or config.prompt, shown))
@@ -381,9 +311,20 @@ async def _dry_run(config: JobConfig, manifest: Manifest) -> RunSummary:
         print("\n".join(invalid) + ("\n  ..." if c.error > len(invalid) else ""))
     if manifest.stats.duplicates:
         print(f"  {manifest.stats.duplicates} duplicate ids would be skipped")
+    guessed = f" ({unknown_size} remote images counted at full size: their size is unknown until the provider fetches them)" if unknown_size else ""
+    print(f"  estimated input tokens: {input_tokens:,}{guessed}")
+    price = load_price(config.prices, config.model)
+    if price is None:
+        print(f"  estimated cost: unknown ({config.model} has no price in {config.prices})")
+    elif c.ok:
+        # Captions rarely use all of max_tokens: the range runs from a quarter of it to all of it.
+        low = price.cost(input_tokens, c.ok * config.max_tokens // 4)
+        high = price.cost(input_tokens, c.ok * config.max_tokens)
+        print(f"  estimated cost: ${low:.4f} to ${high:.4f} (input ${price.cost(input_tokens, 0):.4f}; answers of "
+              f"{config.max_tokens // 4} to {config.max_tokens} tokens each)")
     if example:
         print("  example request body:\n" + json.dumps(example[0], indent=2, ensure_ascii=False))
-    return _summary(config, manifest, progress, dry_run=True)
+    return dataclasses.replace(_summary(config, manifest, progress, dry_run=True), estimated_input_tokens=input_tokens)
 
 
 def _summary(
@@ -399,7 +340,7 @@ def _summary(
     if aborted:
         code = EXIT_ABORTED
     elif stopped_by:
-        code = EXIT_SIGTERM if stopped_by == "SIGTERM" else EXIT_SIGINT
+        code = {"SIGTERM": EXIT_SIGTERM, "SIGINT": EXIT_SIGINT, "max-cost": EXIT_BUDGET}[stopped_by]
     else:
         code = EXIT_ROWS_FAILED if c.error else EXIT_OK
     return RunSummary(
@@ -412,6 +353,7 @@ def _summary(
         retries=c.retries,
         prompt_tokens=c.prompt_tokens,
         completion_tokens=c.completion_tokens,
+        cost_usd=round(c.cost_usd, 6),
         duplicates=manifest.stats.duplicates,
         seconds=progress.elapsed,
         exit_code=code,

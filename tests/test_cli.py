@@ -108,6 +108,7 @@ def test_demo_runs_end_to_end(tmp_path):
     result = cli("demo", "-o", out)
     assert result.returncode == 0, result.stderr
     assert f"output written to {out}" in result.stdout
+    assert f"wrote {out}.html" in result.stdout and (tmp_path / "demo.parquet.html").stat().st_size > 10_000
     rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
     assert len(rows) == 10 and rows["broken"]["error_type"] == "not_an_image"
     assert all(r["status"] == "ok" for i, r in rows.items() if i != "broken")

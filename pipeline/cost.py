@@ -1,0 +1,59 @@
+"""What tokens cost: prices per model from a TOML file, and a spending budget for --max-cost."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input: float  # USD per million prompt tokens
+    output: float  # USD per million completion tokens
+    cached_input: float | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        cached = min(cached_tokens or 0, prompt_tokens) if self.cached_input is not None else 0
+        total = (prompt_tokens - cached) * self.input + cached * (self.cached_input or 0) + completion_tokens * self.output
+        return total / 1_000_000
+
+
+def load_price(path: Path | None, model: str) -> Price | None:
+    """The model's price from the prices file, or None (no file, or the model is not in it: costs stay unknown)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        with path.open("rb") as f:
+            models = tomllib.load(f).get("models", {})
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read prices from {path}: {e}") from None
+    entry = models.get(model)
+    if entry is None:
+        return None
+    try:
+        return Price(float(entry["input"]), float(entry["output"]), float(entry["cached_input"]) if "cached_input" in entry else None)
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path}: [models.\"{model}\"] needs numbers for input and output (USD per million tokens)") from None
+
+
+class Budget:
+    """--max-cost: spent so far plus the most the requests in flight can still cost must stay under the cap."""
+
+    def __init__(self, limit: float | None):
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+
+    def reserve(self, worst_case: float) -> bool:
+        """Room for a request that may cost up to `worst_case`? If so, hold it until `settle`."""
+        if self.limit is not None and self.spent + self.reserved + worst_case > self.limit:
+            return False
+        self.reserved += worst_case
+        return True
+
+    def settle(self, reserved: float, actual: float) -> None:
+        self.reserved -= reserved
+        self.spent += actual
