@@ -11,21 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from helpers import make_images
 from pipeline import load_config, run_job
 from pipeline.results import OUTPUT_SCHEMA
 from pipeline.simulator import image_key
 
 KEY = "sk-test-job-0123456789"
-
-
-def make_images(folder, n, size=(40, 30)):
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        p = folder / f"img{i:03d}.png"
-        Image.new("RGB", size, ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)).save(p)
-        paths.append(p)
-    return paths
 
 
 def write_csv(path, rows, header="id,image"):

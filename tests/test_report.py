@@ -1,6 +1,7 @@
 """The review page: escaping and size without a browser, behaviour in headless Chromium over the DevTools protocol."""
 
 import asyncio
+import contextlib
 import base64
 import io
 import json
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from helpers import make_images
 from pipeline import load_config, run_job
 from pipeline.report import main, thumbnail_jpeg, write_report
 from pipeline.results import OUTPUT_SCHEMA
@@ -25,16 +27,6 @@ from pipeline.results import OUTPUT_SCHEMA
 ARTIFACTS = Path(__file__).parent / "artifacts"
 INJECTION = "</script><img src=x onerror=alert(1)>"
 BLOB = re.compile(r'<script type="application/json" id="report-data">(.*?)</script>', re.S)
-
-
-def make_images(folder, n, size=(40, 30)):
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        p = folder / f"img{i:03d}.png"
-        Image.new("RGB", size, ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)).save(p)
-        paths.append(p)
-    return paths
 
 
 def synthetic_output(path, n, *, errors_every=20, cost=False, caption=lambda i: f"A photo number {i} of a red bicycle."):
@@ -271,7 +263,9 @@ def test_the_page_in_headless_chromium(simulator, tmp_path, chromium):
         stop_chromium(process)
 
 
-async def drive(port, html_path):
+@contextlib.asynccontextmanager
+async def page_at(port, html_path):
+    """The browser's first tab, driven over the DevTools protocol, with `html_path` loaded."""
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{port}/json/list") as reply:
             page = next(t for t in await reply.json() if t["type"] == "page")
@@ -281,54 +275,58 @@ async def drive(port, html_path):
                 await cdp.send(f"{domain}.enable")
             await cdp.send("Page.navigate", url=html_path.as_uri())
             await cdp.wait_for("Page.loadEventFired")
+            yield cdp
 
-            shown = "[...document.querySelectorAll('#rows tr')].map(tr => [tr.dataset.id, tr.dataset.status])"
-            rows = await cdp.js(shown)
-            assert len(rows) == 7
-            assert await cdp.js("document.querySelectorAll('#rows td.thumb img').length") == 5
-            assert await cdp.js("document.querySelectorAll('#rows .ph').length") == 2
-            assert "7 of 7 rows match (5 ok, 2 error)" in await cdp.js("document.getElementById('count').textContent")
-            # The injected id is text on the page, not an element.
-            assert await cdp.js("[...document.querySelectorAll('.rid')].some(d => d.textContent === '<img src=x onerror=alert(1)>')")
-            assert await cdp.js("document.querySelectorAll('img:not([src^=\"data:image/jpeg\"])').length") == 0
 
-            await cdp.js("const s = document.getElementById('f-status'); s.value = 'error'; s.dispatchEvent(new Event('change'))")
-            rows = await cdp.js(shown)
-            assert sorted(r[0] for r in rows) == ["gone", "text"] and {r[1] for r in rows} == {"error"}
-            assert "2 of 7 rows match" in await cdp.js("document.getElementById('count').textContent")
-            errors = await cdp.js("[...document.querySelectorAll('#rows .etype')].map(e => e.textContent).sort()")
-            assert errors == ["image_missing", "not_an_image"]
+async def drive(port, html_path):
+    async with page_at(port, html_path) as cdp:
+        shown = "[...document.querySelectorAll('#rows tr')].map(tr => [tr.dataset.id, tr.dataset.status])"
+        rows = await cdp.js(shown)
+        assert len(rows) == 7
+        assert await cdp.js("document.querySelectorAll('#rows td.thumb img').length") == 5
+        assert await cdp.js("document.querySelectorAll('#rows .ph').length") == 2
+        assert "7 of 7 rows match (5 ok, 2 error)" in await cdp.js("document.getElementById('count').textContent")
+        # The injected id is text on the page, not an element.
+        assert await cdp.js("[...document.querySelectorAll('.rid')].some(d => d.textContent === '<img src=x onerror=alert(1)>')")
+        assert await cdp.js("document.querySelectorAll('img:not([src^=\"data:image/jpeg\"])').length") == 0
 
-            await cdp.js("const t = document.getElementById('f-type'); t.value = 'not_an_image'; t.dispatchEvent(new Event('change'))")
-            assert [r[0] for r in await cdp.js(shown)] == ["text"]
+        await cdp.js("const s = document.getElementById('f-status'); s.value = 'error'; s.dispatchEvent(new Event('change'))")
+        rows = await cdp.js(shown)
+        assert sorted(r[0] for r in rows) == ["gone", "text"] and {r[1] for r in rows} == {"error"}
+        assert "2 of 7 rows match" in await cdp.js("document.getElementById('count').textContent")
+        errors = await cdp.js("[...document.querySelectorAll('#rows .etype')].map(e => e.textContent).sort()")
+        assert errors == ["image_missing", "not_an_image"]
 
-            await cdp.js("""for (const [id, v] of [['f-status', 'all'], ['f-type', '']]) {
-                              const s = document.getElementById(id); s.value = v; s.dispatchEvent(new Event('change')); }""")
-            search = "q => { const s = document.getElementById('f-search'); s.value = q; s.dispatchEvent(new Event('input')); }"
-            await cdp.js(f"({search})('photo-2')")
-            assert [r[0] for r in await cdp.js(shown)] == ["photo-2"]
-            await cdp.js(f"({search})('120×80 LANDSCAPE')")  # in every simulator caption, any case
-            assert sorted(r[0] for r in await cdp.js(shown)) == sorted(["photo-0", "photo-1", "photo-2", "photo-3", "<img src=x onerror=alert(1)>"])
-            await cdp.js(f"({search})('no such words anywhere')")
-            assert await cdp.js(shown) == []
-            assert await cdp.js("document.getElementById('page').textContent") == "no rows match"
+        await cdp.js("const t = document.getElementById('f-type'); t.value = 'not_an_image'; t.dispatchEvent(new Event('change'))")
+        assert [r[0] for r in await cdp.js(shown)] == ["text"]
 
-            # Clicking an error type in the summary chart lists its rows.
-            await cdp.js(f"({search})('')")
-            await cdp.js("document.querySelector('[data-error-type=\"image_missing\"]').dispatchEvent(new MouseEvent('click'))")
-            assert [r[0] for r in await cdp.js(shown)] == ["gone"]
+        await cdp.js("""for (const [id, v] of [['f-status', 'all'], ['f-type', '']]) {
+                          const s = document.getElementById(id); s.value = v; s.dispatchEvent(new Event('change')); }""")
+        search = "q => { const s = document.getElementById('f-search'); s.value = q; s.dispatchEvent(new Event('input')); }"
+        await cdp.js(f"({search})('photo-2')")
+        assert [r[0] for r in await cdp.js(shown)] == ["photo-2"]
+        await cdp.js(f"({search})('120×80 LANDSCAPE')")  # in every simulator caption, any case
+        assert sorted(r[0] for r in await cdp.js(shown)) == sorted(["photo-0", "photo-1", "photo-2", "photo-3", "<img src=x onerror=alert(1)>"])
+        await cdp.js(f"({search})('no such words anywhere')")
+        assert await cdp.js(shown) == []
+        assert await cdp.js("document.getElementById('page').textContent") == "no rows match"
 
-            await cdp.js("""for (const [id, v] of [['f-status', 'all'], ['f-type', '']]) {
-                              const s = document.getElementById(id); s.value = v; s.dispatchEvent(new Event('change')); }
-                            window.scrollTo(0, 0)""")
-            assert len(await cdp.js(shown)) == 7
-            shot = await cdp.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-            ARTIFACTS.mkdir(exist_ok=True)
-            (ARTIFACTS / "report.png").write_bytes(base64.b64decode(shot["data"]))
+        # Clicking an error type in the summary chart lists its rows.
+        await cdp.js(f"({search})('')")
+        await cdp.js("document.querySelector('[data-error-type=\"image_missing\"]').dispatchEvent(new MouseEvent('click'))")
+        assert [r[0] for r in await cdp.js(shown)] == ["gone"]
 
-            await asyncio.sleep(0.2)  # let late console messages arrive
-            assert cdp.problems() == []
-            cdp.reader.cancel()
+        await cdp.js("""for (const [id, v] of [['f-status', 'all'], ['f-type', '']]) {
+                          const s = document.getElementById(id); s.value = v; s.dispatchEvent(new Event('change')); }
+                        window.scrollTo(0, 0)""")
+        assert len(await cdp.js(shown)) == 7
+        shot = await cdp.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "report.png").write_bytes(base64.b64decode(shot["data"]))
+
+        await asyncio.sleep(0.2)  # let late console messages arrive
+        assert cdp.problems() == []
+        cdp.reader.cancel()
 
 
 def test_paging_100000_rows_in_chromium(tmp_path, chromium):
@@ -343,25 +341,17 @@ def test_paging_100000_rows_in_chromium(tmp_path, chromium):
 
 
 async def drive_big(port, html_path):
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{port}/json/list") as reply:
-            page = next(t for t in await reply.json() if t["type"] == "page")
-        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            cdp = DevTools(ws)
-            for domain in ("Runtime", "Log", "Page"):
-                await cdp.send(f"{domain}.enable")
-            await cdp.send("Page.navigate", url=html_path.as_uri())
-            await cdp.wait_for("Page.loadEventFired")
-            assert await cdp.js("document.querySelectorAll('#rows tr').length") == 100
-            assert await cdp.js("document.querySelectorAll('tr').length") == 101
-            assert "page 1 of 1,000" in await cdp.js("document.getElementById('page').textContent")
-            await cdp.js("document.getElementById('next').click()")
-            assert await cdp.js("document.querySelector('#rows tr').dataset.id") == "row-000100"
-            took = await cdp.js("""(() => { const t = performance.now(), s = document.getElementById('f-search');
-                                    s.value = 'number 99999 '; s.dispatchEvent(new Event('input'));
-                                    return performance.now() - t; })()""")
-            assert await cdp.js("[...document.querySelectorAll('#rows tr')].map(tr => tr.dataset.id)") == ["row-099999"]
-            assert took < 2000, f"search over 100,000 rows took {took:.0f} ms"
-            await asyncio.sleep(0.2)
-            assert cdp.problems() == []
-            cdp.reader.cancel()
+    async with page_at(port, html_path) as cdp:
+        assert await cdp.js("document.querySelectorAll('#rows tr').length") == 100
+        assert await cdp.js("document.querySelectorAll('tr').length") == 101
+        assert "page 1 of 1,000" in await cdp.js("document.getElementById('page').textContent")
+        await cdp.js("document.getElementById('next').click()")
+        assert await cdp.js("document.querySelector('#rows tr').dataset.id") == "row-000100"
+        took = await cdp.js("""(() => { const t = performance.now(), s = document.getElementById('f-search');
+                                s.value = 'number 99999 '; s.dispatchEvent(new Event('input'));
+                                return performance.now() - t; })()""")
+        assert await cdp.js("[...document.querySelectorAll('#rows tr')].map(tr => tr.dataset.id)") == ["row-099999"]
+        assert took < 2000, f"search over 100,000 rows took {took:.0f} ms"
+        await asyncio.sleep(0.2)
+        assert cdp.problems() == []
+        cdp.reader.cancel()
