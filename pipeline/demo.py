@@ -7,7 +7,9 @@ through the real CLI, exactly as a user would run it.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ def run_demo(output: str) -> int:
         [sys.executable, "-m", "pipeline", "simulate", "--port", "0", *SIMULATOR_ARGS],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=_die_with_parent,
     )
     try:
         ready = simulator.stdout.readline().strip()
@@ -50,6 +53,14 @@ def run_demo(output: str) -> int:
     print(f"demo: output written to {output}")
     print(f"demo: review page: {report.line()}; open it in a browser")
     return 0 if code in (0, 1) else code
+
+
+def _die_with_parent() -> None:
+    """Linux: the simulator gets SIGTERM if the demo is killed, instead of lingering on its port."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _show(output: Path) -> None:

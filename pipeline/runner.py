@@ -114,9 +114,9 @@ async def run_job_async(config: JobConfig) -> RunSummary:
     aborted = None
     with OutputLock(config.output):
         writer = ResultWriter(config.output).open()
+        progress = Progress(manifest.count())
         try:
             index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors)
-            progress = Progress(manifest.count())
             rows = _rows_to_do(config, manifest, index, progress.counters)
             connector = aiohttp.TCPConnector(limit=config.concurrency)
             async with aiohttp.ClientSession(connector=connector) as session, _image_loader(config) as images:

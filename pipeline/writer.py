@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .errors import ConfigError
 from .results import OUTPUT_SCHEMA
 
 log = logging.getLogger("pipeline")
@@ -125,7 +126,10 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 def merge_into_output(output: Path, new: pa.Table) -> None:
     """Write old rows (minus the ids in `new`) and then `new` to a temporary file, and rename it over the output."""
-    old = pq.ParquetFile(output) if output.exists() else None
+    try:
+        old = pq.ParquetFile(output) if output.exists() else None
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(f"{output} exists but cannot be read as our Parquet output ({e}); move it away or pick another --output") from None
     schema = _unified_schema(old.schema_arrow if old else None, new.schema)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:

@@ -112,3 +112,15 @@ def test_demo_runs_end_to_end(tmp_path):
     rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
     assert len(rows) == 10 and rows["broken"]["error_type"] == "not_an_image"
     assert all(r["status"] == "ok" for i, r in rows.items() if i != "broken")
+
+
+@pytest.mark.parametrize("leftover_journal", [False, True])
+def test_an_output_that_is_not_parquet_is_refused_and_left_alone(simulator, manifest, tmp_path, leftover_journal):
+    out = tmp_path / "o.parquet"
+    out.write_text("my notes, not a table")
+    if leftover_journal:
+        (tmp_path / "o.parquet.journal.jsonl").write_text('{"id": "p0", "status": "ok"}\n')
+    result = cli("caption", manifest, "-o", out, "--base-url", simulator.base_url, env={"ANYFAST_API_KEY": KEY})
+    assert result.returncode == 2 and "cannot be read as our Parquet output" in result.stderr
+    assert "Traceback" not in result.stderr and out.read_text() == "my notes, not a table"
+    assert simulator.stats()["requests"] == 0
