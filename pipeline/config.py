@@ -20,6 +20,9 @@ FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
 
 # Options that an environment variable may set.
 ENVIRONMENT = {"base_url": "CAPTION_BASE_URL", "model": "CAPTION_MODEL"}
+# Shorter "keys" (a placeholder like "x" or "test" for a local server) are not redacted:
+# replacing every "test" in every path and message would make logs unreadable.
+MIN_SECRET_LENGTH = 8
 # The prices file users edit; the repo's copy unless a job file or --prices names another.
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "jobs" / "prices.toml"
 
@@ -85,9 +88,8 @@ class JobConfig:
 
     def redact(self, text: str) -> str:
         """Remove the API key from a text that came from elsewhere (a server body, an exception)."""
-        if self.api_key and self.api_key.reveal():
-            return text.replace(self.api_key.reveal(), "***")
-        return text
+        key = self.api_key.reveal() if self.api_key else ""
+        return text.replace(key, "***") if len(key) >= MIN_SECRET_LENGTH else text
 
     def public_options(self) -> dict[str, Any]:
         """The effective options, safe to log or record (no key)."""

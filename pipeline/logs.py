@@ -8,6 +8,8 @@ import sys
 import time
 from typing import IO
 
+from .config import MIN_SECRET_LENGTH
+
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -57,5 +59,5 @@ def setup_logging(log_format: str | None = None, stream: IO[str] | None = None) 
 
 
 def redact_in_logs(secret: str | None) -> None:
-    if secret and secret not in _redact.secrets:
+    if secret and len(secret) >= MIN_SECRET_LENGTH and secret not in _redact.secrets:
         _redact.secrets.append(secret)

@@ -27,3 +27,11 @@ def test_default_is_json_when_not_a_terminal():
     setup_logging(None, stream)
     logging.getLogger("pipeline").info("x")
     assert json.loads(stream.getvalue())["message"] == "x"
+
+
+def test_a_placeholder_key_too_short_to_be_secret_is_not_redacted_everywhere():
+    stream = io.StringIO()
+    setup_logging("json", stream)
+    redact_in_logs("bench")
+    logging.getLogger("pipeline").info("wrote bench/results/a.parquet")
+    assert json.loads(stream.getvalue())["message"] == "wrote bench/results/a.parquet"
