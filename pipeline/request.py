@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from typing import Any
 
 from .config import JobConfig
@@ -47,6 +48,22 @@ def build_chat_request(config: JobConfig, prompt: str, image_url: str) -> dict[s
     return {**body, **config.extra_body}
 
 
+# Stands in for a data: URL while the rest of the body is encoded; random, so no prompt can contain it.
+_SLOT = f"image-slot-{uuid.uuid4().hex}"
+
+
+def encode_chat_request(config: JobConfig, prompt: str, image_url: str) -> bytes:
+    """The body as bytes, encoded once per row and re-sent as-is on every retry.
+
+    A base64 data URL (ours: data:<mime>;base64,<A-Za-z0-9+/=>) needs no JSON
+    escaping, so it is spliced in rather than scanned by json.dumps, which
+    costs ~2 ms per 400 KB image on the event loop.
+    """
+    if not image_url.startswith("data:"):
+        return encode_body(build_chat_request(config, prompt, image_url))
+    head, slot, tail = encode_body(build_chat_request(config, prompt, _SLOT)).rpartition(_SLOT.encode())
+    return b"".join((head, image_url.encode("ascii"), tail))
+
+
 def encode_body(body: dict[str, Any]) -> bytes:
-    """Encoded once per row and re-sent as-is on every retry."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

@@ -51,7 +51,7 @@ from .pool import StopRequest, run_pool, signals_to
 from .progress import Counters, Progress
 from .ratelimit import RateLimiter, estimate_tokens, provider_family
 from .records import ManifestRow, PreparedImage
-from .request import build_chat_request, encode_body
+from .request import build_chat_request, encode_chat_request
 from .results import error_row, ok_row
 from .resume import ResumeIndex, fingerprinter
 from .retry import RetryPolicy, should_retry
@@ -215,7 +215,7 @@ class CaptionJob:
             image = await self.images.load(row)
         except ImageError as e:
             return self._failed(row, e, fingerprint)
-        body = encode_body(build_chat_request(self.config, prompt, image.url))
+        body = encode_chat_request(self.config, prompt, image.url)
         tokens = self._estimate_tokens(image, prompt)
         worst_case = self.price.cost(tokens - self.config.max_tokens, self.config.max_tokens) if self.price else 0.0
         if not self.budget.reserve(worst_case):

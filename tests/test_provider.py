@@ -157,3 +157,13 @@ def test_request_variants_reach_the_provider(simulator, tmp_path):
     assert body["max_completion_tokens"] == 50 and body["max_tokens"] is None
     assert body["detail"] == "low" and body["extra"] == ["top_p"] and body["headers"]["x-team"] == "vision"
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("url", ["data:image/png;base64,iVBORw0KGgo+/=", "https://example.com/a \"quoted\" path.png"])
+def test_the_spliced_body_is_exactly_what_json_dumps_would_send(url):
+    from pipeline.config import JobConfig
+    from pipeline.request import build_chat_request, encode_chat_request
+
+    config = JobConfig(system="Be brief.", extra_body={"top_p": 0.5})
+    prompt = 'Describe "this" – image-slot-0 \\ ok'
+    assert json.loads(encode_chat_request(config, prompt, url)) == build_chat_request(config, prompt, url)
