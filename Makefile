@@ -27,6 +27,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pipeline demo
 
+bench: $(STAMP)
+	$(PY) bench/run.py $(ARGS)
+
 report: $(STAMP)
 	$(PY) -m pipeline report $(or $(OUTPUT),output/demo.parquet) $(ARGS)
 

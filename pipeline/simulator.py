@@ -54,8 +54,10 @@ from pipeline.simulator_vision import (
     ImageFetchTimeout,
     UndecodableImage,
     UnreachableImage,
+    caption_from_header,
     caption_image,
     count_usage,
+    data_url_head,
     fit_caption,
     image_bytes,
 )
@@ -63,6 +65,7 @@ from pipeline.simulator_stream import STREAM_FAULTS, STREAM_STYLES, SSEWriter, c
 
 DEFAULT_MODEL = "claude-sonnet-4-20250514"
 RETRY_AFTER_FORMS = ("seconds", "http-date", "ms", "none")
+DECODE_MODES = ("full", "header")
 MALFORMED_VARIANTS = ("not_json", "error_object", "no_choices", "null_content")
 NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed", "quota", "url_timeout", *STREAM_FAULTS} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
 _MAX_BODY_BYTES = 50 * 1024 * 1024  # providers cap a request at tens of MB too
@@ -113,6 +116,9 @@ class SimulatorSettings:
     limit_window: float = 60.0  # seconds; tests shorten it
     limit_headers: str = "openai"  # one of LIMIT_HEADER_FORMS
     image_dir: str | None = None  # served under GET /_sim/files/
+    # "full": decode every image as a provider does; "header": read only its size from the
+    # header and caption from that (a throughput benchmark must not be bound by the simulator's decoding).
+    decode: str = "full"
 
     def __post_init__(self) -> None:
         if isinstance(self.fault_script, str):
@@ -138,6 +144,8 @@ class SimulatorSettings:
             raise ValueError("rpm_limit and tpm_limit must be whole numbers, 0 for no limit")
         if not (self.limit_window > 0 and self.fetch_timeout > 0):
             raise ValueError("limit_window and fetch_timeout must be positive")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}")
         if self.limit_headers not in LIMIT_HEADER_FORMS:
             raise ValueError(f"limit_headers must be one of {', '.join(LIMIT_HEADER_FORMS)}")
         self.image_dir = self.image_dir or None
@@ -392,8 +400,14 @@ class Simulator:
     async def _look(self, chat: ChatRequest) -> tuple[int, int, str]:
         """(width, height, caption) of the request's image; BadRequest as a provider says it cannot have it."""
         assert self._http is not None
+        if self.settings.decode == "header" and chat.image_url.startswith("data:"):
+            # Most headers lie in the first few KB; decoding 300 KB of base64 would cost more than the rest of the answer.
+            with contextlib.suppress(UndecodableImage):
+                return caption_from_header(data_url_head(chat.image_url))
         try:
             data = await image_bytes(chat.image_url, self._http, self.settings.fetch_timeout)
+            if self.settings.decode == "header":
+                return caption_from_header(data)  # microseconds: not worth a thread
             return await asyncio.to_thread(caption_image, data)
         except ImageFetchTimeout:
             raise url_timeout(chat.image_url) from None
@@ -663,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="length of the sliding rate-limit window (default: %(default)s)")
     add("--limit-headers", choices=LIMIT_HEADER_FORMS, default=default.limit_headers,
         help="rate-limit headers: x-ratelimit-* (openai), anthropic-ratelimit-* (anthropic) or none (default: %(default)s)")
+    add("--decode", choices=DECODE_MODES, default=default.decode,
+        help="full: decode every image and describe its pixels, as a provider does; header: read only the size from "
+        "the header and caption from that, so the simulator is never what limits a throughput benchmark (default: %(default)s)")
     add("--image-dir", default=None, metavar="DIR", help="serve the files in DIR at /_sim/files/PATH (test images are always at /_sim/images/WxH.png)")
     return parser
 

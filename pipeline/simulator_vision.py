@@ -79,11 +79,25 @@ def decode_data_url(url: str) -> bytes:
     match = _DATA_URL.fullmatch(url)
     if match is None:
         raise UndecodableImage("not a base64 data: URL")
-    payload = re.sub(r"\s+", "", match["payload"])
+    payload = match["payload"]
     try:
         return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        pass  # perhaps line breaks (MIME-style base64): strip whitespace only then, as it costs more than the decode
+    try:
+        return base64.b64decode(re.sub(r"\s+", "", payload), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise UndecodableImage(f"bad base64: {exc}") from exc
+
+
+def data_url_head(url: str, size: int = 16 * 1024) -> bytes:
+    """The first `size` bytes of a base64 data: URL's image, decoding no more than that; b"" if it does not decode so."""
+    match = _DATA_URL.match(url[: 64 + size * 4 // 3])  # scheme and MIME type, then the base64 of `size` bytes
+    payload = match["payload"] if match else ""
+    try:
+        return base64.b64decode(payload[: len(payload) // 4 * 4], validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def load_image(data: bytes) -> Image.Image:
@@ -156,6 +170,19 @@ def caption_image(data: bytes) -> tuple[int, int, str]:
     """(width, height, caption); CPU-bound, so the server runs it in a thread."""
     image = load_image(data)
     return image.width, image.height, describe(image)
+
+
+def caption_from_header(data: bytes) -> tuple[int, int, str]:
+    """(width, height, caption) from the image header alone, no pixel decoded: the caption names size and shape only.
+
+    A file whose header parses but whose pixels are broken passes; `caption_image` would refuse it.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception as exc:  # as in load_image: every Pillow failure means the same here
+        raise UndecodableImage(str(exc)) from exc
+    return width, height, f"A {width}×{height} {orientation(width, height)} image."
 
 
 def fit_caption(caption: str, max_tokens: int | None) -> tuple[str, str]:

@@ -848,6 +848,11 @@ def test_header_decode_captions_from_the_size_alone_and_still_refuses_non_images
     assert answer["choices"][0]["message"]["content"] == "A 300×600 portrait image."
     assert answer["usage"]["prompt_tokens"] == math.ceil(300 * 600 / 750) + math.ceil((len(SYSTEM) + len(PROMPT)) / 4)
     assert post(simulator, chat_body(data_url(b"\x89PNG\r\n\x1a\n this is not a png")))[0] == 400
+    # A header longer than the slice decoded first (a big ICC profile before the size) is read in full.
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (0, 0, 255)).save(buffer, "JPEG", icc_profile=os.urandom(100_000))
+    answer = json.loads(post(simulator, chat_body(data_url(buffer.getvalue(), "image/jpeg")))[2])
+    assert answer["choices"][0]["message"]["content"] == "A 64×48 landscape image."
     assert build_parser().parse_args(["--decode", "header"]).decode == "header"
     with pytest.raises(ValueError):
         SimulatorSettings(decode="pixels")
