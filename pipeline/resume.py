@@ -12,16 +12,15 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import JobConfig
 from .errors import ConfigError
 from .writer import journal_path, read_journal
-
-_KEY_BYTES = 8  # 64-bit keys: a collision among a billion ids is ~3 % likely; among a million, negligible
-
 
 def fingerprinter(config: JobConfig) -> Callable[[str], str]:
     """prompt -> fingerprint, for this job's settings (cached: most rows share one prompt)."""
@@ -46,15 +45,12 @@ def fingerprinter(config: JobConfig) -> Callable[[str], str]:
     return fingerprint
 
 
-def _key(row_id: str, fingerprint: str) -> bytes:
-    return hashlib.blake2b(f"{row_id}\0{fingerprint}".encode(), digest_size=_KEY_BYTES).digest()
-
-
 class ResumeIndex:
-    """The ids the output holds, as compact keys; memory is ~70 bytes per row, not per image."""
+    """The ids the output holds, per fingerprint; built with pyarrow, a batch at a time, never row by row."""
 
     def __init__(self, retry_errors: bool = True):
-        self._done: set[bytes] = set()
+        self._ok: dict[str, set[str]] = {}  # fingerprint -> ids whose row is ok
+        self._failed: set[str] = set()  # ids whose row is an error (skipped only with retry_errors off)
         self._retry_errors = retry_errors
         self.rows_in_output = 0
 
@@ -66,27 +62,28 @@ class ResumeIndex:
             try:
                 parquet = pq.ParquetFile(output)
                 columns = [c for c in ("id", "status", "fingerprint") if c in parquet.schema_arrow.names]
-                for batch in parquet.iter_batches(batch_size=65_536, columns=columns):
-                    data = batch.to_pydict()
-                    index.add_all(zip(data["id"], data["status"], data.get("fingerprint", [None] * batch.num_rows)))
+                for batch in parquet.iter_batches(batch_size=262_144, columns=columns):
+                    index._add_batch(pa.Table.from_batches([batch]))
             except (OSError, ValueError, KeyError) as e:
                 raise ConfigError(f"{output} exists but cannot be read as our Parquet output ({e}); move it away or pick another --output") from None
         journal = journal_path(output)
         if journal.exists():
-            index.add_all((r.get("id"), r.get("status"), r.get("fingerprint")) for r in read_journal(journal))
+            rows = [(r.get("id"), r.get("status"), r.get("fingerprint")) for r in read_journal(journal)]
+            index._add_batch(pa.table({name: [r[i] for r in rows] for i, name in enumerate(("id", "status", "fingerprint"))},
+                                      schema=pa.schema([("id", pa.string()), ("status", pa.string()), ("fingerprint", pa.string())])))
         return index
 
-    def add_all(self, rows: Iterable[tuple[str | None, str | None, str | None]]) -> None:
-        for row_id, status, fingerprint in rows:
-            if row_id is None:
-                continue
-            self.rows_in_output += 1
-            if status == "ok" and fingerprint:
-                self._done.add(_key(row_id, fingerprint))
-            elif not self._retry_errors:
-                self._done.add(_key(row_id, ""))
+    def _add_batch(self, table: pa.Table) -> None:
+        table = table.filter(pc.is_valid(table.column("id")))
+        self.rows_in_output += table.num_rows
+        ok = pc.equal(table.column("status"), "ok")
+        if "fingerprint" in table.column_names:
+            done = table.filter(pc.and_(ok, pc.is_valid(table.column("fingerprint"))))
+            for fingerprint in pc.unique(done.column("fingerprint")).to_pylist():  # usually one
+                ids = done.filter(pc.equal(done.column("fingerprint"), fingerprint)).column("id")
+                self._ok.setdefault(fingerprint, set()).update(ids.to_pylist())
+        if not self._retry_errors:
+            self._failed.update(table.filter(pc.invert(pc.fill_null(ok, False))).column("id").to_pylist())
 
     def is_done(self, row_id: str, fingerprint: str) -> bool:
-        if not self._done:
-            return False
-        return _key(row_id, fingerprint) in self._done or (not self._retry_errors and _key(row_id, "") in self._done)
+        return row_id in self._ok.get(fingerprint, ()) or row_id in self._failed
