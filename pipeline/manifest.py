@@ -121,17 +121,19 @@ def _read_csv(path: Path, delimiter: str) -> Iterator[Raw]:
     with _open(path, "r", encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = _csv_header(path, reader)
+        width = len(header)
         try:
             start = reader.line_num + 1
             for cells in reader:
                 line, start = start, reader.line_num + 1  # a quoted field may span lines
-                if not cells:
+                if len(cells) == width:  # the usual case first: this loop runs once per row
+                    yield Raw(line, dict(zip(header, cells)))
+                elif not cells:
                     continue  # blank line
-                fields = dict(zip(header, cells + [""] * (len(header) - len(cells))))  # short rows padded with ""
-                if len(cells) > len(header):
-                    yield Raw(line, fields, f"{len(cells)} fields, the header has {len(header)} (an unquoted {delimiter!r}?)")
+                elif len(cells) < width:
+                    yield Raw(line, dict(zip(header, cells + [""] * (width - len(cells)))))  # short rows padded with ""
                 else:
-                    yield Raw(line, fields)
+                    yield Raw(line, dict(zip(header, cells)), f"{len(cells)} fields, the header has {width} (an unquoted {delimiter!r}?)")
         except (UnicodeDecodeError, csv.Error) as e:
             raise _unreadable(path, reader, e) from None
 
