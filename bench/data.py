@@ -17,7 +17,6 @@ import io
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageFilter

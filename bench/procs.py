@@ -36,6 +36,23 @@ def cores() -> tuple[set[int] | None, set[int] | None]:
     return {available[0]}, {available[-1]}
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time every process on the machine has used since boot, stolen time included (/proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(limit: float = 0.1, patience: float = 60.0) -> float:
+    """Wait until the rest of the machine uses under `limit` cores (over 0.5 s), `patience` seconds at most; the last load seen."""
+    deadline = time.monotonic() + patience
+    while True:
+        before = machine_cpu_seconds()
+        time.sleep(0.5)
+        load = (machine_cpu_seconds() - before) / 0.5
+        if load < limit or time.monotonic() > deadline:
+            return load
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The bench's environment for children: nothing that could point the job elsewhere, a dummy key.
 

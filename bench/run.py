@@ -29,20 +29,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data  # noqa: E402
 from procs import REPO, cores, stop_all  # noqa: E402
-from scenarios import SCENARIOS, BenchError, Context, Result  # noqa: E402
+from scenarios import CPU_BOUND, SCENARIOS, BenchError, Context, Result  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
+NOISY = 0.1  # cores of CPU used by other processes during a run, above which a result is flagged
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
 
 
 def machine() -> dict[str, object]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
     return {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version(), "implementation": platform.python_implementation(),
-            "kernel": platform.release(), "commit": commit}
+            "kernel": platform.release(), "commit": commit()}
 
 
 def fmt(value: float | None, unit: str = "") -> str:
@@ -61,12 +65,16 @@ def line(result: Result) -> str:
     return f"{result.id}: {result.what}: median {fmt(result.median, result.unit)}{base}{ratio}; target {result.target_text}: {result.verdict}"
 
 
+def _noisy(result: Result) -> bool:
+    return result.foreign_load > NOISY
+
+
 def table(results: list[Result], header: str) -> str:
     rows = [("id", "measured", "runs", "median", "baseline", "ratio", "target", "result")]
     for r in results:
         rows.append((r.id, r.what, str(len(r.runs)), fmt(r.median, r.unit),
                      f"{fmt(r.baseline, r.unit)} ({r.baseline_what})" if r.baseline else "—",
-                     f"{r.ratio:.3f}" if r.ratio is not None else "—", r.target_text, r.verdict))
+                     f"{r.ratio:.3f}" if r.ratio is not None else "—", r.target_text, r.verdict + ("*" if _noisy(r) else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     widths[1] = min(widths[1], 70)
     out = [header]
@@ -76,6 +84,8 @@ def table(results: list[Result], header: str) -> str:
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     notes = [f"  {r.id}: {note}" for r in results for note in r.notes] + [f"  {r.id}: {r.what}" for r in results if len(r.what) > 70]
+    notes += [f"  {r.id}: * other processes kept {r.foreign_load:.2f} cores busy during a run: the machine was not quiet, "
+              "rerun to trust this figure" for r in results if _noisy(r)]
     errors = [f"  {r.id}: {r.error}" for r in results if r.error]
     return "\n".join(out + (["notes:"] + notes if notes else []) + (["errors:"] + errors if errors else []))
 
@@ -120,13 +130,19 @@ def main(argv: list[str] | None = None) -> int:
             data.photo_set(2_000)
         for name in chosen:
             print(f"[{name}] {SCENARIOS[name].__name__.replace('_', '-')}", flush=True)
+            ctx.cpu_bound = name in CPU_BOUND
             try:
                 found = SCENARIOS[name](ctx)
             except Exception as e:  # one scenario failing must not lose the others' results
                 message = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
                 found = [Result(name, SCENARIOS[name].__name__, "", [], error=message)]
+            now = commit()
             for result in found:
+                result.foreign_load = ctx.foreign_load if ctx.cpu_bound else 0.0
+                if now != info["commit"]:  # someone committed while the bench ran: say which code this row measured
+                    result.notes.append(f"measured at commit {now}, not {info['commit']}")
                 ctx.report(result)
+            ctx.foreign_load = 0.0
             results.extend(found)
     except KeyboardInterrupt:
         interrupted = True

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import data
-from procs import PYTHON, REPO, Measured, Simulator, clean_env, run_measured, stop_all
+from procs import PYTHON, REPO, Measured, Simulator, clean_env, machine_cpu_seconds, run_measured, stop_all, wait_for_quiet
 
 MODEL_MAX_TOKENS = 300  # the job's default --max-tokens, which TPM limits count up front
 
@@ -43,6 +43,7 @@ class Result:
     checks: dict[str, bool] = field(default_factory=dict)  # further conditions of a PASS
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    foreign_load: float = 0.0  # cores other processes kept busy during these runs, at most
 
     @property
     def median(self) -> float | None:
@@ -75,7 +76,8 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "what": self.what, "unit": self.unit, "runs": self.runs, "median": self.median,
                 "baseline": self.baseline, "baseline_what": self.baseline_what, "ratio": self.ratio,
-                "target": self.target_text, "checks": self.checks, "verdict": self.verdict, "notes": self.notes, "error": self.error}
+                "target": self.target_text, "checks": self.checks, "verdict": self.verdict, "notes": self.notes, "error": self.error,
+                "foreign_load_cores": round(self.foreign_load, 3)}
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Context:
     work: Path
     report: Callable[[Result], None]
     seen: dict[str, int] = field(default_factory=dict)
+    foreign_load: float = 0.0  # most CPU (in cores) other processes used during a measured run of the current scenario
+    cpu_bound: bool = False  # the current scenario measures time that other load on the machine would skew
 
     @property
     def repeats(self) -> int:
@@ -110,16 +114,25 @@ def fresh(output: Path) -> None:
         output.with_name(output.name + suffix).unlink(missing_ok=True)
 
 
-def caption(ctx: Context, sim: Simulator, manifest: Path, output: Path, *flags: str, name: str) -> tuple[Measured, dict[str, Any], Path]:
-    """One run of `python -m pipeline caption` (start-up included), with the simulator's counters for just that run."""
+def measure(ctx: Context, sim: Simulator, cmd: list[str], name: str) -> tuple[Measured, dict[str, Any], Path]:
+    """Run cmd against `sim`; the simulator's counters and CPU for just that run, and the CPU others used meanwhile."""
     sim.reset()
-    sim_cpu = sim.cpu_seconds()
+    if ctx.cpu_bound:  # another job's CPU would be counted as ours: give it a minute to finish
+        wait_for_quiet()
+    sim_cpu, machine_cpu = sim.cpu_seconds(), machine_cpu_seconds()
     log = ctx.log(name)
-    cmd = [PYTHON, "-m", "pipeline", "caption", str(manifest), "-o", str(output), "--base-url", sim.base_url, *flags]
     measured = run_measured(cmd, cpus=ctx.client_cpus, log=log)
     stats = sim.stats()
     stats["cpu"] = sim.cpu_seconds() - sim_cpu
+    # Whatever else ran on the machine meanwhile (other jobs, the hypervisor's steal), in cores.
+    foreign = (machine_cpu_seconds() - machine_cpu - stats["cpu"] - measured.cpu) / measured.wall
+    ctx.foreign_load = max(ctx.foreign_load, foreign)
     return measured, stats, log
+
+
+def caption(ctx: Context, sim: Simulator, manifest: Path, output: Path, *flags: str, name: str) -> tuple[Measured, dict[str, Any], Path]:
+    """One run of `python -m pipeline caption` (start-up included), with the simulator's counters for just that run."""
+    return measure(ctx, sim, [PYTHON, "-m", "pipeline", "caption", str(manifest), "-o", str(output), "--base-url", sim.base_url, *flags], name)
 
 
 def tail(log: Path, lines: int = 5) -> str:
@@ -172,7 +185,7 @@ def latency_bound(ctx: Context) -> list[Result]:
     return [Result("a", f"wall, {what}", "s", [m.wall for m in runs], baseline=ideal, baseline_what="N·L/C", target=1.05,
                    notes=[f"client CPU {cpu:.1f} s ({1000 * cpu / n:.2f} ms per row, busy {cpu / statistics.median(m.wall for m in runs):.0%}); "
                           f"simulator CPU busy {max(sim_busy):.0%} at most"]),
-            Result("a.floor", f"wall, floor.py on the same input (reference: what a minimal client gets)", "s", [m.wall for m in floor],
+            Result("a.floor", "wall, floor.py on the same input (reference: what a minimal client gets)", "s", [m.wall for m in floor],
                    baseline=ideal, baseline_what="N·L/C",
                    notes=[f"floor.py CPU {statistics.median(m.cpu for m in floor):.1f} s"])]
 
@@ -181,10 +194,8 @@ def _floor(ctx: Context, sim: Simulator, manifest: Path, concurrency: int, name:
     """One run of bench/floor.py over `manifest`; every row must come back ok."""
     output = ctx.work / f"{name}.parquet"
     fresh(output)
-    sim.reset()
-    log = ctx.log(name)
     cmd = [PYTHON, str(REPO / "bench" / "floor.py"), str(manifest), "-o", str(output), "--base-url", sim.base_url, "--concurrency", str(concurrency)]
-    measured = run_measured(cmd, cpus=ctx.client_cpus, log=log)
+    measured, _, log = measure(ctx, sim, cmd, name)
     expect(measured, log)
     return measured
 
@@ -397,6 +408,7 @@ def finished_output(manifest: Path, output: Path, base_url: str, n: int) -> str:
     return fingerprint
 
 
+CPU_BOUND = {"a", "b", "e"}  # the scenarios whose figures other load on the machine would skew
 SCENARIOS: dict[str, Callable[[Context], list[Result]]] = {
     "a": latency_bound, "b": overhead_bound, "c": rate_limited, "d": memory, "e": resume,
 }
