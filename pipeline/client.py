@@ -40,6 +40,7 @@ class ChatClient:
         stall_timeout: float | None = None,
         extra_headers: Mapping[str, str] | None = None,
         limiter: RateLimiter | None = None,
+        answer_tokens: int = 0,
     ):
         self._session = session
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -50,20 +51,23 @@ class ChatClient:
         self.timeout_seconds = timeout
         self._stall_timeout = stall_timeout
         self._limiter = limiter or RateLimiter()  # with no limits given, it still learns from 429s and headers
+        # Providers count max_tokens against a tokens-per-minute limit when the request starts, however
+        # short the answer, so only the prompt part of the estimate is corrected by the real usage.
+        self._answer_tokens = answer_tokens
 
     async def complete(self, body: bytes, *, stream: bool = False, tokens: int = 0) -> Completion:
         """Send one already-encoded request when the rate limiter allows; no retries here (see retry.RetryPolicy).
 
-        `tokens` is the request's estimated cost, for the tokens-per-minute budget.
+        `tokens` is the request's estimated cost, for the tokens-per-minute budget: prompt plus `answer_tokens`.
         """
         ticket = await self._limiter.acquire(tokens)
         try:
             completion = await self._send(body, stream, ticket)
         finally:
             self._limiter.release(ticket)  # no-op when an answer already closed the ticket
-        total = completion.usage.get("total_tokens")
-        if isinstance(total, int):
-            self._limiter.reconcile(ticket.tokens, total)
+        prompt = completion.usage.get("prompt_tokens")
+        if isinstance(prompt, int):
+            self._limiter.reconcile(ticket.tokens, prompt + self._answer_tokens)
         return completion
 
     async def _send(self, body: bytes, stream: bool, ticket: Ticket) -> Completion:

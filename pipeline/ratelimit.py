@@ -20,7 +20,7 @@ Wiring, per attempt (tenacity's retries go through it too, so they are paced):
     ticket = await limiter.acquire(estimate)   # estimate_tokens(...) for this row
     ...send; no answer at all (timeout, connection error, cancel): limiter.release(ticket)
     limiter.on_response(status, headers, retry_after_seconds(headers), ticket=ticket)
-    limiter.reconcile(ticket.tokens, usage.total_tokens)   # on 200, when usage is known
+    limiter.reconcile(ticket.tokens, usage.prompt_tokens + max_tokens)   # on 200; providers count max_tokens, not the answer
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ async def run_job_async(config: JobConfig) -> RunSummary:
                 client = ChatClient(
                     session, config.base_url, config.api_key, config.timeout,
                     stall_timeout=config.stall_timeout, extra_headers=config.extra_headers,
-                    limiter=RateLimiter(rpm=config.rpm, tpm=config.tpm),
+                    limiter=RateLimiter(rpm=config.rpm, tpm=config.tpm), answer_tokens=config.max_tokens,
                 )
                 job = CaptionJob(config, images, client, writer, progress, stop)
                 with signals_to(stop):

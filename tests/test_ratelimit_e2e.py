@@ -4,6 +4,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline import load_config, run_job
+from pipeline.config import JobConfig
+from pipeline.simulator_vision import count_usage
 
 
 def job(simulator, tmp_path, n, **flags):
@@ -35,3 +37,13 @@ def test_without_a_limit_the_pool_holds_on_429_instead_of_storming(simulator, tm
     # the pool then waits for Retry-After together instead of each worker retrying on its own.
     assert stats["rate_limited"] <= 2 * 4
     assert stats["requests"] == 16 + stats["rate_limited"]
+
+
+def test_a_given_tpm_is_held_without_429s_though_answers_are_shorter_than_max_tokens(simulator, tmp_path):
+    # The simulator, like OpenAI, counts prompt + max_tokens when a request starts. Our answers are far
+    # shorter than max_tokens; refunding the difference would run past the limit.
+    per_request = count_usage(16, 16, [JobConfig().prompt], "")["prompt_tokens"] + 300
+    simulator.configure(tpm_limit=8 * per_request, limit_window=4.0)  # 8 requests' worth per 4 s
+    summary, rows = job(simulator, tmp_path, 16, tpm=15 * 8 * per_request, max_tokens=300, concurrency=4)
+    assert summary.ok == 16 and all(r["attempts"] == 1 for r in rows)
+    assert simulator.stats()["rate_limited"] == 0
