@@ -1,9 +1,9 @@
 """Image loading: a manifest row becomes the `image_url` a request sends.
 
-Local files are read with aiofiles; with `--fetch-remote`, URLs are downloaded
-(fetch.py guards where). The bytes are then checked and prepared for the
-provider (imageprep.py) and encoded in one worker thread, so the event loop
-stays free for the requests in flight. The MIME type comes from the bytes,
+A local file is read, checked, prepared for the provider (imageprep.py) and
+encoded in one worker thread, so the event loop stays free for the requests in
+flight; with `--fetch-remote`, a URL is downloaded first (fetch.py guards where)
+and its bytes go through the same thread work. The MIME type comes from the bytes,
 never the name: a PNG called `x.jpg` is sent as image/png. Without
 `--fetch-remote`, URLs pass through for the provider to fetch.
 """
@@ -16,7 +16,6 @@ import codecs
 import hashlib
 import os
 
-import aiofiles
 import aiohttp
 
 from .errors import ImageEmptyError, ImageError, ImageMissingError, ImageUnreadableError, NotAnImageError
@@ -65,18 +64,20 @@ class ImageLoader:
         if row.is_remote:
             if self._fetch_session is None:
                 return PreparedImage(url=row.source)
-            where = row.source
             # A download may be larger than what we send: it is scaled down after.
             data = await fetch_image(row.source, self._fetch_session, max_bytes=4 * self.max_bytes, timeout=self._fetch_timeout)
-        else:
-            where = os.path.abspath(row.source)
-            data = await _read(where)
-        if not data:
-            raise ImageEmptyError(f"image is empty (0 bytes): {where}")
-        return await asyncio.to_thread(self._prepare, where, data)
+            return await asyncio.to_thread(self._prepare, row.source, data)
+        # One thread hop for the whole job: aiofiles would add three (open, read, close),
+        # which cost more than the read itself for a typical photo (bench scenario b).
+        return await asyncio.to_thread(self._read_and_prepare, os.path.abspath(row.source))
+
+    def _read_and_prepare(self, path: str) -> PreparedImage:
+        return self._prepare(path, _read(path))
 
     def _prepare(self, where: str, data: bytes) -> PreparedImage:
         """The CPU-bound part, run in a worker thread: sniff, prepare, hash, encode."""
+        if not data:
+            raise ImageEmptyError(f"image is empty (0 bytes): {where}")
         mime = sniff_mime(data[:16])
         if mime is None:
             raise NotAnImageError(f"{where} is not an image ({_describe(data)}, not {_KNOWN})")
@@ -101,10 +102,10 @@ async def load_image(row: ManifestRow) -> PreparedImage:
     return await ImageLoader().load(row)
 
 
-async def _read(path: str) -> bytes:
+def _read(path: str) -> bytes:
     try:
-        async with aiofiles.open(path, "rb") as f:
-            return await f.read()
+        with open(path, "rb") as f:
+            return f.read()
     except FileNotFoundError as exc:
         raise ImageMissingError(f"image file not found: {path}") from exc
     except IsADirectoryError as exc:
