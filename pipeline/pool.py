@@ -14,12 +14,14 @@ import logging
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Awaitable, Callable, Iterable, Iterator
+from typing import Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from .progress import Progress
 from .records import ManifestRow
 
 log = logging.getLogger("pipeline")
+
+Ready = TypeVar("Ready")  # a prepared row, as `prepare` returns it and `send` takes it
 
 # Rows read from the manifest per trip to a worker thread (reading never blocks the event loop).
 READ_BATCH = 256
@@ -60,14 +62,22 @@ def signals_to(stop: StopRequest) -> Iterator[None]:
 
 async def run_pool(
     rows: Iterable[ManifestRow],
-    handle: Callable[[ManifestRow], Awaitable[None]],
+    prepare: Callable[[ManifestRow], Awaitable[Ready | None]],
     concurrency: int,
     progress: Progress,
     *,
+    send: Callable[[Ready], Awaitable[None]] | None = None,
     stop: StopRequest | None = None,
     grace: float = 0.0,
 ) -> None:
     """Feed rows through a bounded queue to `concurrency` workers.
+
+    `prepare` does a row's work before its request (None: the row is finished
+    already, e.g. its image is unreadable); `send` does the rest. Each worker
+    prepares its next row while its current request is in flight, so when an
+    answer arrives the next request goes out at once: with many workers answered
+    together, preparing on the way would delay every later worker's request
+    (a worker holds at most two prepared requests).
 
     An exception in one worker stops them all. On a stop request no new row is
     started; rows in flight get `grace` seconds, then they are cancelled.
@@ -95,9 +105,20 @@ async def run_pool(
         for _ in range(concurrency):
             queue.put_nowait(None)
 
-    async def work() -> None:
+    async def next_ready() -> Ready | None:
         while (row := await queue.get()) is not None and not closing:
-            await handle(row)
+            if (ready := await prepare(row)) is not None:
+                return ready
+        return None
+
+    async def work() -> None:
+        upcoming = asyncio.ensure_future(next_ready())
+        try:
+            while (ready := await upcoming) is not None and not closing:
+                upcoming = asyncio.ensure_future(next_ready())
+                await send(ready)
+        finally:
+            upcoming.cancel()
 
     async def pool() -> None:
         async with asyncio.TaskGroup() as group:

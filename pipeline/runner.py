@@ -128,7 +128,7 @@ async def run_job_async(config: JobConfig) -> RunSummary:
                 job = CaptionJob(config, images, client, writer, progress, stop)
                 with signals_to(stop):
                     try:
-                        await run_pool(rows, job.process, config.concurrency, progress, stop=stop, grace=config.grace)
+                        await run_pool(rows, job.prepare, config.concurrency, progress, send=job.send, stop=stop, grace=config.grace)
                     except* RunAborted as group:
                         aborted = str(group.exceptions[0])
                         log.error("%s", aborted)
@@ -167,6 +167,17 @@ def _rows_to_do(config: JobConfig, manifest: Manifest, index: ResumeIndex, count
     return todo() if config.limit is None else itertools.islice(todo(), config.limit)
 
 
+@dataclass(slots=True)
+class ReadyRequest:
+    """A row whose request is built and waiting to be sent."""
+
+    row: ManifestRow
+    image: PreparedImage
+    body: bytes
+    tokens: int  # estimated, for a tokens-per-minute limit
+    fingerprint: str
+
+
 class CaptionJob:
     """What happens to one row: load the image, send it (with retries), write the result."""
 
@@ -185,11 +196,36 @@ class CaptionJob:
         if config.max_cost is not None and self.price is None:
             raise ConfigError(f"--max-cost needs a price for {config.model}: add it to {config.prices}")
 
-    async def process(self, row: ManifestRow) -> None:
-        outcome = await self._caption(row)
-        if outcome is None:  # not sent: the budget would not allow it; the next run takes it
+    async def prepare(self, row: ManifestRow) -> ReadyRequest | None:
+        """Load the row's image and build its request; a row that fails here is finished (None)."""
+        prompt = row.prompt or self.config.prompt
+        fingerprint = self.fingerprint(prompt)
+        if row.problem:
+            self._finish(*self._failed(row, ManifestRowError(row.problem), fingerprint))
+            return None
+        try:
+            image = await self.images.load(row)
+        except ImageError as e:
+            self._finish(*self._failed(row, e, fingerprint))
+            return None
+        body = encode_chat_request(self.config, prompt, image.url)
+        return ReadyRequest(row, image, body, self._estimate_tokens(image, prompt), fingerprint)
+
+    async def send(self, ready: ReadyRequest) -> None:
+        """Send a prepared row (with retries) within the cost budget, and write its result."""
+        worst_case = self.price.cost(ready.tokens - self.config.max_tokens, self.config.max_tokens) if self.price else 0.0
+        if not self.budget.reserve(worst_case):  # not sent: the next run takes it
+            self.stop("max-cost", f" (${self.budget.spent:.4f} spent, ${self.budget.reserved:.4f} in flight, limit ${self.config.max_cost:g})")
             return
-        result, error = outcome
+        try:
+            result, error = await self._send(ready.row, ready.image, ready.body, ready.tokens, ready.fingerprint)
+        except BaseException:
+            self.budget.settle(worst_case, worst_case)  # cancelled in flight: it may still be billed
+            raise
+        self.budget.settle(worst_case, result["cost_usd"] or 0.0)
+        self._finish(result, error)
+
+    def _finish(self, result: dict[str, Any], error: PipelineError | None) -> None:
         self.writer.write(result)
         self.progress.record(result)
         if isinstance(error, RUN_ENDING_ERRORS):
@@ -205,29 +241,6 @@ class CaptionJob:
                     f"aborted: {limit} rows in a row failed after retries (last: {result['error']}); "
                     "the endpoint looks broken, so the rest of the manifest was not sent. Rerun to continue."
                 )
-
-    async def _caption(self, row: ManifestRow) -> tuple[dict[str, Any], PipelineError | None] | None:
-        prompt = row.prompt or self.config.prompt
-        fingerprint = self.fingerprint(prompt)
-        if row.problem:
-            return self._failed(row, ManifestRowError(row.problem), fingerprint)
-        try:
-            image = await self.images.load(row)
-        except ImageError as e:
-            return self._failed(row, e, fingerprint)
-        body = encode_chat_request(self.config, prompt, image.url)
-        tokens = self._estimate_tokens(image, prompt)
-        worst_case = self.price.cost(tokens - self.config.max_tokens, self.config.max_tokens) if self.price else 0.0
-        if not self.budget.reserve(worst_case):
-            self.stop("max-cost", f" (${self.budget.spent:.4f} spent, ${self.budget.reserved:.4f} in flight, limit ${self.config.max_cost:g})")
-            return None
-        try:
-            result, error = await self._send(row, image, body, tokens, fingerprint)
-        except BaseException:
-            self.budget.settle(worst_case, worst_case)  # cancelled in flight: it may still be billed
-            raise
-        self.budget.settle(worst_case, result["cost_usd"] or 0.0)
-        return result, error
 
     async def _send(self, row: ManifestRow, image: PreparedImage, body: bytes, tokens: int, fingerprint: str) -> tuple[dict[str, Any], PipelineError | None]:
         attempts = 0
