@@ -28,6 +28,15 @@ def manifest(tmp_path):
     return path
 
 
+def test_a_run_does_not_import_pandas(simulator, manifest, tmp_path):
+    # pyarrow would import it (0.5-1 s of start-up) when installed, as it is in the test environment.
+    result = cli("caption", manifest, "-o", tmp_path / "o.parquet", "--base-url", simulator.base_url,
+                 env={"ANYFAST_API_KEY": KEY, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "pyarrow" in imported and "pandas" not in imported
+
+
 def test_help_explains_every_option():
     out = cli("caption", "--help").stdout
     for option in ("--output", "--job", "--base-url", "--model", "--api-key-env", "--prompt", "--system", "--max-tokens",
