@@ -135,12 +135,16 @@ def parse_limit_headers(headers: Mapping[str, str], now: float | None = None) ->
     h = {k.lower(): v for k, v in headers.items()}
     now = time.time() if now is None else now
     fields: dict[str, float | int | None] = {}
-    for kind, patterns in _NAMES.items():
-        family = next((p for p in patterns if any(p.format(part) in h for part in _PARSE)), None)
+    for kind, families in _HEADERS.items():
+        family = next((names for names in families if any(name in h for name in names.values())), None)
         for part, parse in _PARSE.items():
-            raw = h.get(family.format(part)) if family else None
+            raw = h.get(family[part]) if family else None
             fields[f"{kind}_{part}"] = None if raw is None else parse(raw, now)
     return LimitState(**fields) if any(v is not None for v in fields.values()) else None
+
+
+# kind -> one {part: header name} per family, formatted once: this runs on every answer.
+_HEADERS = {kind: tuple({part: p.format(part) for part in _PARSE} for p in patterns) for kind, patterns in _NAMES.items()}
 
 
 # --- the limiter ----------------------------------------------------------------
