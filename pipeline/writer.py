@@ -6,13 +6,16 @@ an fsync at least every `sync_seconds` or `sync_rows` rows (a power cut loses
 at most that). `close()` merges the journal into the Parquet output: the old
 output's rows stream through, replaced by newer rows with the same id, into a
 temporary file that is fsynced and renamed over the output. A reader sees the
-previous complete table or the new one, never half a file.
+previous complete table or the new one, never half a file. The journal is read
+a chunk at a time and spilled to temporary Arrow files beside the output, so a
+merge holds one chunk and the run's ids, however many rows the run finished.
 
 A journal left by a killed run is merged the same way by the next `open()`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -28,6 +31,9 @@ from .errors import ConfigError
 from .results import OUTPUT_SCHEMA
 
 log = logging.getLogger("pipeline")
+
+JOURNAL_CHUNK_ROWS = 10_000  # journal rows made into one table at a time; a merge's memory grows with this, not with the run
+_SPILL_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
 
 def journal_path(output: Path) -> Path:
@@ -86,11 +92,16 @@ class ResultWriter:
 
 def merge_journal(output: Path, journal: Path) -> int:
     """Fold a journal into the output (newest row per id wins) and delete it; returns the rows merged."""
-    rows = list(read_journal(journal))
-    if rows:
-        merge_into_output(output, rows_to_table(rows))
+    spilled = SpilledJournal(output)
+    try:
+        for rows in _chunks(read_journal(journal), JOURNAL_CHUNK_ROWS):
+            spilled.add(rows)
+        if spilled.rows:
+            merge_into_output(output, spilled)
+    finally:
+        spilled.remove()
     journal.unlink()
-    return len(rows)
+    return spilled.rows
 
 
 def read_journal(path: Path) -> Iterator[dict[str, Any]]:
@@ -103,6 +114,11 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError:
                 continue
+
+
+def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -124,23 +140,68 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table(columns)
 
 
-def merge_into_output(output: Path, new: pa.Table) -> None:
-    """Write old rows (minus the ids in `new`) and then `new` to a temporary file, and rename it over the output."""
+class SpilledJournal:
+    """A journal's rows as one table per chunk in temporary Arrow files; only the ids and the schemas stay in memory."""
+
+    def __init__(self, output: Path):
+        self._output = output
+        self._parts: list[Path] = []
+        self._ids: list[pa.Array] = []
+        self.schema: pa.Schema | None = None  # the chunks' schemas unified, as if the journal were one table
+        self.rows = 0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        table = rows_to_table(rows)
+        # Named like the merge's temporary file, so that open() removes parts a killed merge left.
+        part = self._output.with_name(f".{self._output.name}.{os.getpid()}.journal{len(self._parts)}.tmp")
+        self._parts.append(part)
+        with pa.ipc.new_file(part, table.schema, options=_SPILL_OPTIONS) as spill:
+            spill.write_table(table)
+        self._ids.extend(table.column("id").chunks)
+        self.schema = table.schema if self.schema is None else _unified_schema(self.schema, table.schema)
+        self.rows += len(rows)
+
+    def newest_rows(self) -> tuple[pa.Array, Iterator[pa.Table]]:
+        """The journal's distinct ids, and its tables keeping only the newest row per id."""
+        ids = pa.chunked_array(self._ids, pa.string())
+        positions = pa.table({"id": ids, "position": pa.array(range(len(ids)), pa.int64())})
+        # rows_to_table kept the last row per id within a chunk; across chunks the latest position wins.
+        newest = positions.group_by("id", use_threads=False).aggregate([("position", "max")])
+        is_newest = pc.is_in(positions.column("position"), value_set=newest.column("position_max").combine_chunks())
+        return newest.column("id").combine_chunks(), self._tables(is_newest)
+
+    def _tables(self, keep: pa.ChunkedArray) -> Iterator[pa.Table]:
+        offset = 0
+        for part in self._parts:
+            with pa.OSFile(str(part)) as source:
+                table = pa.ipc.open_file(source).read_all()
+            yield table.filter(keep.slice(offset, table.num_rows))
+            offset += table.num_rows
+
+    def remove(self) -> None:
+        for part in self._parts:
+            part.unlink(missing_ok=True)
+
+
+def merge_into_output(output: Path, new: SpilledJournal) -> None:
+    """Write old rows (minus the ids in `new`) and then `new`'s newest rows to a temporary file, and rename it over the output."""
     try:
         old = pq.ParquetFile(output) if output.exists() else None
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise ConfigError(f"{output} exists but cannot be read as our Parquet output ({e}); move it away or pick another --output") from None
     schema = _unified_schema(old.schema_arrow if old else None, new.schema)
+    replaced, new_tables = new.newest_rows()
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         with pq.ParquetWriter(temporary, schema, compression="zstd") as parquet:
             if old is not None:
-                replaced = new.column("id")
                 for batch in old.iter_batches(batch_size=65_536):
                     kept = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=replaced)))
                     if kept.num_rows:
                         parquet.write_table(_conform(pa.Table.from_batches([kept]), schema))
-            parquet.write_table(_conform(new, schema))
+            for table in new_tables:
+                if table.num_rows:
+                    parquet.write_table(_conform(table, schema))
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         os.replace(temporary, output)

@@ -1,8 +1,11 @@
+import json
+
 import pyarrow.parquet as pq
 
 from pipeline.errors import NotAnImageError
 from pipeline.records import Completion, ManifestRow, PreparedImage
 from pipeline.results import OUTPUT_SCHEMA, error_row, ok_row
+from pipeline import writer as writer_module
 from pipeline.writer import ResultWriter, journal_path, read_journal
 
 
@@ -70,4 +73,62 @@ def test_replacing_an_output_leaves_no_temporary_files(tmp_path):
             writer.write(_ok(i))
         writer.close()
     assert pq.read_table(out).num_rows == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
+def test_a_journal_longer_than_a_chunk_merges_as_one_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "JOURNAL_CHUNK_ROWS", 3)
+    out = tmp_path / "out.parquet"
+    first = ResultWriter(out).open()
+    for i in range(4):
+        first.write(_ok(i))
+    first.close()
+    second = ResultWriter(out).open()
+    for row in (
+        _ok(1, tag=7), _ok(10, tag=8), _ok(11, tag=9),  # chunk 1: tag is int; id1 replaces the old row
+        _ok(10, tag="ten"), _ok(12, tag="twelve, draft"), _ok(12, tag="twelve"),  # chunk 2: tag is text; id10 again
+        _ok(13, shelf="B2"), _ok(14, shelf="B3"),  # chunk 3: no tag, a column no earlier chunk had
+    ):
+        second.write(row)
+    second.close()
+    table = pq.read_table(out)
+    for field in OUTPUT_SCHEMA:
+        assert table.schema.field(field.name).type == field.type
+    assert table.schema.field("tag").type == "string" and table.schema.field("shelf").type == "string"
+    rows = table.to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(f"id{i}" for i in (0, 1, 2, 3, 10, 11, 12, 13, 14))
+    assert {r["id"]: (r["tag"], r["shelf"]) for r in rows} == {
+        "id0": (None, None), "id1": ("7", None), "id2": (None, None), "id3": (None, None),
+        "id10": ("ten", None), "id11": ("9", None), "id12": ("twelve", None),
+        "id13": (None, "B2"), "id14": (None, "B3"),
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
+def test_a_merge_holds_one_chunk_of_the_journal_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "JOURNAL_CHUNK_ROWS", 3)
+    tables_built = []
+    rows_to_table = writer_module.rows_to_table
+    monkeypatch.setattr(writer_module, "rows_to_table", lambda rows: tables_built.append(len(rows)) or rows_to_table(rows))
+    out = tmp_path / "out.parquet"
+    writer = ResultWriter(out).open()
+    for i in range(10):
+        writer.write(_ok(i))
+    writer.close()
+    assert tables_built == [3, 3, 3, 1]
+    assert pq.read_table(out).column("id").to_pylist() == [f"id{i}" for i in range(10)]
+
+
+def test_a_killed_runs_journal_is_recovered_a_chunk_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "JOURNAL_CHUNK_ROWS", 2)
+    out = tmp_path / "out.parquet"
+    lines = [json.dumps(_ok(i, tag=i)) for i in range(5)] + ["not json", json.dumps(_ok(0, tag="again"))]
+    journal_path(out).write_text("\n".join(lines) + "\n" + json.dumps(_ok(9))[:40])
+    (tmp_path / ".out.parquet.123.journal0.tmp").write_bytes(b"a part a killed merge left")
+    writer = ResultWriter(out).open()
+    writer.close()
+    assert writer.rows_recovered == 6
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["id"] for r in rows) == ["id0", "id1", "id2", "id3", "id4"]
+    assert {r["id"]: r["tag"] for r in rows} == {"id0": "again", "id1": "1", "id2": "2", "id3": "3", "id4": "4"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
