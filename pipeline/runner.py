@@ -157,14 +157,14 @@ async def _image_loader(config: JobConfig) -> AsyncIterator[ImageLoader]:
 def _rows_to_do(config: JobConfig, manifest: Manifest, index: ResumeIndex, counters: Counters) -> Iterator[ManifestRow]:
     fingerprint = fingerprinter(config)
 
-    def todo() -> Iterator[ManifestRow]:
-        for row in manifest.rows():
-            if index.is_done(row.id, fingerprint(row.prompt or config.prompt)):
-                counters.skipped += 1
-            else:
-                yield row
+    def done(row_id: str, prompt: str | None) -> bool:
+        if index.is_done(row_id, fingerprint(prompt or config.prompt)):
+            counters.skipped += 1
+            return True
+        return False
 
-    return todo() if config.limit is None else itertools.islice(todo(), config.limit)
+    todo = manifest.rows(skip=done if index.rows_in_output else None)  # an empty output: no need to ask for each row
+    return todo if config.limit is None else itertools.islice(todo, config.limit)
 
 
 @dataclass(slots=True)

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -55,6 +57,24 @@ def test_index_reads_a_journal_left_by_a_killed_run(tmp_path):
     out = tmp_path / "o.parquet"
     journal_path(out).write_text('{"id": "r5", "status": "ok", "fingerprint": "F"}\n{"id": "r6", "sta')
     assert ResumeIndex.load(out).is_done("r5", "F")
+
+
+def test_many_fingerprints_one_index(tmp_path):
+    out = tmp_path / "o.parquet"
+    _write(out, [_ok(i, f"F{i}") for i in range(300)])  # a prompt per row: as many fingerprints as rows
+    index = ResumeIndex.load(out)
+    assert all(index.is_done(f"r{i}", f"F{i}") for i in range(300))
+    assert not any(index.is_done(f"r{i}", f"F{i + 1}") for i in range(300))
+
+
+def test_reading_the_output_does_not_import_pandas(tmp_path):
+    # pyarrow imports pandas (~0.5 s) when it first turns a Python value into an Arrow one: every resumed run would pay it.
+    out = tmp_path / "o.parquet"
+    _write(out, [_ok(0, "A"), _err(1, "A")])
+    code = ("import sys; from pathlib import Path; from pipeline.resume import ResumeIndex; "
+            "ResumeIndex.load(Path(sys.argv[1]), retry_errors=False); print('pandas' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_an_output_that_is_not_ours_is_a_clear_error(tmp_path):
