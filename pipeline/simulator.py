@@ -319,19 +319,26 @@ class Simulator:
 
     async def _answer(self, request: web.Request, n: int) -> web.StreamResponse:
         settings = self.settings
-        delay = settings.latency + self._jitter_rng.uniform(-settings.jitter, settings.jitter)
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        # The request is read before the latency is waited out, not after: a provider's latency runs from
+        # the request to its answer, its own work included. Otherwise the simulator's CPU per request
+        # (one core, answering waves of requests in turn) would add to every latency a client sees.
+        try:
+            chat: ChatRequest | Exception = parse_chat_request(await request.json())
+        except (ValueError, BadRequest) as exc:  # ValueError includes JSONDecodeError and UnicodeDecodeError
+            chat = exc
+        delay = settings.latency + self._jitter_rng.uniform(-settings.jitter, settings.jitter) - (loop.time() - arrived)
         if delay > 0:
             await asyncio.sleep(delay)
         limits = Limits(settings.rpm_limit, settings.tpm_limit, settings.limit_window, settings.limit_headers)
         headers = {"x-request-id": f"req-sim-{n}", **self._window.peek(limits)}
         if not self._authorized(request):
             return self._status_response(401, headers)
-        try:
-            chat = parse_chat_request(await request.json())
-        except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+        if isinstance(chat, BadRequest):
+            return self._bad_request(chat, headers)
+        if isinstance(chat, Exception):
             return self._bad_request(BadRequest("We could not parse the JSON body of your request.", "invalid_json"), headers)
-        except BadRequest as exc:
-            return self._bad_request(exc, headers)
         self.stats.bodies.append({**chat.summary, "headers": recorded_headers(request.headers)})
 
         seen = None
