@@ -39,6 +39,8 @@ class HashedSet:
     def __len__(self) -> int:
         return len(self._slots) // 2 - self._room
 
+    # __contains__ and add each write the probe loop out: a shared helper costs 0.2 us a call
+    # (0.70 -> 0.92 us per add, timed), and the manifest reader calls add once per row.
     def __contains__(self, member: Hashable) -> bool:
         wanted = hash(member) or 1  # 0 marks an empty slot
         slots, mask = self._slots, self._mask
