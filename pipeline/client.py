@@ -1,4 +1,10 @@
-"""The only module that talks to the provider: one POST, paced by the rate limiter, classified once into a Completion or a typed error."""
+"""The provider's edge: one POST, paced by the rate limiter, classified once into a Completion or a typed error.
+
+Every answer body is read with a size cap, and masked of the key before any of it
+is cut into a message. Provider and gateway dialects (LiteLLM's renamed headers,
+Gemini's list-shaped errors with `retryDelay`, a flattened quota code) are
+translated here, so the rest of the job sees one set of typed errors.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +15,33 @@ from typing import Mapping
 
 import aiohttp
 
-from .config import Secret
 from .errors import (
     APIConnectionError,
+    APIResponseError,
     APIStatusError,
     APITimeoutError,
+    LongWaitError,
+    QuotaExhaustedError,
     status_error_class,
 )
 from .ratelimit import RateLimiter, Ticket
 from .records import Completion
-from .response import parse_completion, parse_error_body
-from .retry import retry_after_seconds
+from .response import MAX_ANSWER_BYTES, error_message, error_code, error_payload, parse_completion, snippet
+from .retry import retry_after_seconds, retry_delay_from_body
+from .secret import Secret
 from .sse import read_completion
 
 _HINTS = {
     401: "check the API key in the environment variable named by --api-key-env",
+    402: "the account has no credits left: add credits at the provider, then rerun",
     403: "the key is not allowed to use this model or endpoint",
-    404: "check --base-url (it should end in /v1) and --model",
+    404: "check --base-url (it usually ends in /v1) and --model",
 }
+_QUOTA_HINT = "the account's quota or credit is used up: check the plan and billing at the provider, then rerun"
+MAX_ERROR_BYTES = 64 * 1024  # of an error body: enough for any message; the rest is not read
+# A Retry-After longer than this is a quota window (hours, a day), not load: the run stops instead of holding.
+LONG_WAIT = 300.0
+_DRAIN_SECONDS = 2.0  # after [DONE], how long the end of a stream may take before the connection is dropped
 
 
 class ChatClient:
@@ -45,6 +60,7 @@ class ChatClient:
         self._session = session
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Content-Type": "application/json", **(extra_headers or {})}
+        self._mask = api_key.mask if api_key else (lambda text: text)
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key.reveal()}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -75,30 +91,88 @@ class ChatClient:
         try:
             async with self._session.post(self.url, data=body, headers=self._headers, timeout=self._timeout) as response:
                 if response.status != 200:
-                    error = self._status_error(response, await response.read())
+                    error = self._status_error(response, await _read_capped(response, MAX_ERROR_BYTES, cut=True))
                     self._limiter.on_response(response.status, response.headers, error.retry_after, ticket=ticket)
                     raise error
                 self._limiter.on_response(200, response.headers, ticket=ticket)
                 if stream:
-                    completion, ttft = await read_completion(response.content, stall_timeout=self._stall_timeout, started_at=sent_at)
+                    completion, ttft = await read_completion(
+                        response.content, stall_timeout=self._stall_timeout, started_at=sent_at, mask=self._mask
+                    )
+                    await _drain(response)
                     return dataclasses.replace(completion, time_to_first_token=ttft)
-                raw = await response.read()
+                raw = await _read_capped(response, MAX_ANSWER_BYTES)
         except asyncio.TimeoutError:
             raise APITimeoutError(f"no answer from {self.url} within {self.timeout_seconds:g} s (raise --timeout if the provider is slow)") from None
         except aiohttp.ClientError as e:
-            raise APIConnectionError(f"connection to {self.url} failed: {type(e).__name__}: {e}") from None
-        return parse_completion(raw)
+            raise APIConnectionError(self._mask(f"connection to {self.url} failed: {type(e).__name__}: {e}")) from None
+        try:
+            return parse_completion(raw)
+        except APIResponseError as e:
+            if type(e) is APIResponseError and raw:  # its message quotes the body: quote it masked
+                masked = self._mask(raw.decode("utf-8", "replace")).encode()
+                try:
+                    parse_completion(masked)
+                except APIResponseError as again:
+                    raise again from None
+            raise
 
     def _status_error(self, response: aiohttp.ClientResponse, raw: bytes) -> APIStatusError:
-        message, code = parse_error_body(raw)
-        hint = _HINTS.get(response.status)
-        text = f"HTTP {response.status} from the provider: {message}" + (f" ({hint})" if hint else "")
-        should_retry = response.headers.get("x-should-retry")
-        return status_error_class(response.status, code, message)(
+        payload = error_payload(self._mask(raw.decode("utf-8", "replace")).encode())
+        message = error_message(payload) or snippet(self._mask(raw.decode("utf-8", "replace")))
+        code = error_code(payload)
+        status = response.status
+        retry_after = retry_after_seconds(response.headers)
+        if retry_after is None:
+            retry_after = retry_delay_from_body(payload)
+        cls = status_error_class(status, code, message)
+        hint = _QUOTA_HINT if cls is QuotaExhaustedError else _HINTS.get(status)
+        if status in (429, 503) and retry_after is not None and retry_after > LONG_WAIT:
+            cls = LongWaitError
+            hint = (f"the provider asked to wait {_duration(retry_after)} (a daily or monthly quota, most likely): "
+                    "the run stops rather than hold every worker; rerun after that")
+        text = f"HTTP {status} from the provider: {message}" + (f" ({hint})" if hint else "")
+        should_retry = response.headers.get("x-should-retry") or response.headers.get("llm_provider-x-should-retry")
+        return cls(
             text,
-            status=response.status,
+            status=status,
             request_id=response.headers.get("x-request-id"),
-            retry_after=retry_after_seconds(response.headers),
+            retry_after=retry_after,
             should_retry={"true": True, "false": False}.get((should_retry or "").lower()),
             code=code,
         )
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int, *, cut: bool = False) -> bytes:
+    """The body, at most `cap` bytes: past that, `cut` keeps the start (error bodies), else it is a bad_response."""
+    if response.content_length is not None and response.content_length <= cap:
+        return await response.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            if cut:
+                return b"".join(chunks)[:cap]
+            raise APIResponseError(f"the provider's answer is larger than {cap:,} bytes: not a caption (a broken endpoint?)")
+    return b"".join(chunks)
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read what follows [DONE] (usually only the end of the chunked body), so the connection goes back to the pool."""
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            size = 0
+            while chunk := await response.content.readany():
+                size += len(chunk)
+                if size > MAX_ERROR_BYTES:
+                    break
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # the connection is dropped instead of reused; the answer is already complete
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"

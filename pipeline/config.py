@@ -14,37 +14,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .secret import MIN_SECRET_LENGTH, Secret, looks_like_a_key  # noqa: F401 (re-exported)
 
 DEFAULT_API_KEY_ENV = "ANYFAST_API_KEY"
 FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
 
 # Options that an environment variable may set.
 ENVIRONMENT = {"base_url": "CAPTION_BASE_URL", "model": "CAPTION_MODEL"}
-# Shorter "keys" (a placeholder like "x" or "test" for a local server) are not redacted:
-# replacing every "test" in every path and message would make logs unreadable.
-MIN_SECRET_LENGTH = 8
 # The prices file users edit; the repo's copy unless a job file or --prices names another.
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "jobs" / "prices.toml"
-
-
-class Secret:
-    """A string that never shows itself: repr, str and f-strings print stars."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
 
 
 @dataclass(frozen=True)
@@ -88,8 +66,7 @@ class JobConfig:
 
     def redact(self, text: str) -> str:
         """Remove the API key from a text that came from elsewhere (a server body, an exception)."""
-        key = self.api_key.reveal() if self.api_key else ""
-        return text.replace(key, "***") if len(key) >= MIN_SECRET_LENGTH else text
+        return self.api_key.mask(text) if self.api_key else text
 
     def public_options(self) -> dict[str, Any]:
         """The effective options, safe to log or record (no key)."""
@@ -121,6 +98,10 @@ def load_config(
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
 
+    if isinstance(values.get("api_key_env"), str) and looks_like_a_key(values["api_key_env"]):
+        # Not echoed: it is most likely the key itself, pasted where its variable's name belongs.
+        raise ConfigError("--api-key-env takes the NAME of an environment variable (e.g. ANYFAST_API_KEY), and the value "
+                          "given looks like a key itself; put the key in a variable and pass that variable's name")
     checked = _check(values)
     if checked.get("manifest") is None:
         raise ConfigError("no manifest given: pass MANIFEST (a CSV, JSONL, Parquet, .txt file or a folder) or set `manifest` in the job file")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .usage import BilledUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,13 @@ class Price:
         cached = min(cached_tokens or 0, prompt_tokens) if self.cached_input is not None else 0
         total = (prompt_tokens - cached) * self.input + cached * (self.cached_input or 0) + completion_tokens * self.output
         return total / 1_000_000
+
+
+def row_cost(price: Price | None, billed: BilledUsage) -> float | None:
+    """What one answer cost, or None when the model has no price."""
+    if price is None:
+        return None
+    return price.cost(billed.prompt or 0, billed.completion or 0, billed.cached or 0)
 
 
 def load_price(path: Path | None, model: str) -> Price | None:

@@ -18,6 +18,8 @@ EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
 EXIT_BUDGET = 4  # stopped before spending more than --max-cost; rerun to continue
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug
+EXIT_IO = 74  # EX_IOERR: the output could not be written (full disk, read-only folder)
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the output; try again later
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -120,6 +122,32 @@ class APIResponseError(APIError):
     error_type = "bad_response"
 
 
+class AnswerError(APIResponseError):
+    """A well-formed 200 whose answer is not a caption. Asking again with the same settings gets the same,
+    so it is not retried in the run; a rerun tries again (it is an error row)."""
+
+    def __init__(self, message: str, *, usage: dict | None = None, model: str | None = None,
+                 response_id: str | None = None, finish_reason: str | None = None):
+        super().__init__(message)
+        # What the provider billed for the answer: the row keeps its tokens and cost.
+        self.usage = usage or {}
+        self.model = model
+        self.request_id = response_id
+        self.finish_reason = finish_reason
+
+
+class EmptyAnswerError(AnswerError):
+    """No caption text at all (often a reasoning model that spent max_tokens thinking)."""
+
+    error_type = "empty_answer"
+
+
+class RefusedError(AnswerError):
+    """The model declined (`message.refusal`); the message keeps its words."""
+
+    error_type = "refused"
+
+
 class APIStatusError(APIError):
     """A non-2xx answer. Subclasses are picked by `status_error_for`."""
 
@@ -162,6 +190,12 @@ class AuthenticationError(APIStatusError):
     error_type = "auth_failed"
 
 
+class PaymentRequiredError(APIStatusError):
+    """402: the account has no credits left (OpenRouter and others); waiting will not help."""
+
+    error_type = "payment_required"
+
+
 class NotFoundError(APIStatusError):
     error_type = "not_found"
 
@@ -176,18 +210,32 @@ class QuotaExhaustedError(RateLimitError):
     error_type = "quota_exhausted"
 
 
+class LongWaitError(RateLimitError):
+    """A Retry-After far past what a run should hold for (a daily quota): the run stops and says how long."""
+
+    error_type = "rate_limited_long"
+
+
 class ServerError(APIStatusError):
     error_type = "server_error"
 
 
+def is_quota_exhausted(code: str | None, message: str) -> bool:
+    """OpenAI's `insufficient_quota`, also when a gateway flattened the code to "429" and kept it in the type or text."""
+    text = f"{code or ''} {message}".lower()
+    return "insufficient_quota" in text or "exceeded your current quota" in text
+
+
 def status_error_class(status: int, code: str | None = None, message: str = "") -> type[APIStatusError]:
-    if status == 429 and code == "insufficient_quota":
+    if status == 429 and is_quota_exhausted(code, message):
         return QuotaExhaustedError
     # OpenAI's "Timeout while downloading <url>": its code is shared with bad URLs, so the wording decides.
     if status == 400 and code == "invalid_image_url" and "timeout" in message.lower():
         return ImageURLTimeoutError
     if status in (401, 403):
         return AuthenticationError
+    if status == 402:
+        return PaymentRequiredError
     if status == 404:
         return NotFoundError
     if status == 429:
@@ -200,13 +248,19 @@ def status_error_class(status: int, code: str | None = None, message: str = "") 
 
 
 # Row errors after which every other request would fail the same way: the run stops.
-RUN_ENDING_ERRORS = (AuthenticationError, QuotaExhaustedError)
+RUN_ENDING_ERRORS = (AuthenticationError, PaymentRequiredError, QuotaExhaustedError, LongWaitError)
 
 
 class RunAborted(PipelineError):
     """The run stopped early on purpose; finished rows are kept. Exit code 3."""
 
     error_type = "aborted"
+
+
+class OutputWriteError(PipelineError):
+    """The output, its journal or a file beside it cannot be written (full disk, read-only folder). Exit code 74."""
+
+    error_type = "output_write"
 
 
 class OutputLocked(PipelineError):

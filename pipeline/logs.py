@@ -8,7 +8,7 @@ import sys
 import time
 from typing import IO
 
-from .config import MIN_SECRET_LENGTH
+from .secret import MIN_SECRET_LENGTH, Secret
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -30,13 +30,13 @@ class RedactFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: list[str] = []
+        self.secrets: list[Secret] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
             text = record.getMessage()
             for secret in self.secrets:
-                text = text.replace(secret, "***")
+                text = secret.mask(text)
             record.msg, record.args = text, None
         return True
 
@@ -59,5 +59,5 @@ def setup_logging(log_format: str | None = None, stream: IO[str] | None = None) 
 
 
 def redact_in_logs(secret: str | None) -> None:
-    if secret and len(secret) >= MIN_SECRET_LENGTH and secret not in _redact.secrets:
-        _redact.secrets.append(secret)
+    if secret and len(secret) >= MIN_SECRET_LENGTH and all(s.reveal() != secret for s in _redact.secrets):
+        _redact.secrets.append(Secret(secret))

@@ -133,6 +133,8 @@ _NAMES = {
 def parse_limit_headers(headers: Mapping[str, str], now: float | None = None) -> LimitState | None:
     """OpenAI-style `x-ratelimit-*` or Anthropic `anthropic-ratelimit-*`; `now` is wall-clock time."""
     h = {k.lower(): v for k, v in headers.items()}
+    for name in [k for k in h if k.startswith("llm_provider-")]:  # LiteLLM's proxy renames the provider's headers
+        h.setdefault(name[len("llm_provider-"):], h[name])
     now = time.time() if now is None else now
     fields: dict[str, float | int | None] = {}
     for kind, families in _HEADERS.items():

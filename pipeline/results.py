@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from .errors import PipelineError
 from .records import Completion, ManifestRow, PreparedImage
+from .usage import BilledUsage, billed_usage
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -55,31 +56,20 @@ def ok_row(
     fingerprint: str | None = None,
     cost_usd: float | None = None,
 ) -> dict[str, Any]:
-    usage = completion.usage
     return _row(
         row,
         status="ok",
         caption=completion.caption,
         model=completion.model,
         finish_reason=completion.finish_reason,
-        prompt_tokens=_int(usage.get("prompt_tokens")),
-        completion_tokens=_int(usage.get("completion_tokens")),
-        total_tokens=_int(usage.get("total_tokens")),
+        **_usage_columns(completion.usage, billed_usage(completion.usage)),
         cost_usd=cost_usd,
         attempts=attempts,
         latency_ms=round(latency_ms, 1),
         response_id=completion.response_id,
-        image_sha256=image.sha256,
         fingerprint=fingerprint,
-        usage=json.dumps(usage, separators=(",", ":")) if usage else None,
-        cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens") or _int(usage.get("cache_read_input_tokens")),
-        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
-        image_tokens=_detail(usage, "prompt_tokens_details", "image_tokens"),
         ttft_ms=round(completion.time_to_first_token * 1000, 1) if completion.time_to_first_token is not None else None,
-        width=image.width,
-        height=image.height,
-        original_width=image.original_width,
-        original_height=image.original_height,
+        **_image_columns(image),
     )
 
 
@@ -92,18 +82,48 @@ def error_row(
     latency_ms: float | None = None,
     model: str | None = None,
     fingerprint: str | None = None,
+    cost_usd: float | None = None,
+    image: PreparedImage | None = None,
 ) -> dict[str, Any]:
+    """A failed row; an answer that was billed but is no caption (empty, refused) keeps its tokens and cost."""
+    usage = getattr(error, "usage", None) or {}
     return _row(
         row,
         status="error",
-        model=model,
+        model=getattr(error, "model", None) or model,
+        finish_reason=getattr(error, "finish_reason", None),
         attempts=attempts,
         latency_ms=round(latency_ms, 1) if latency_ms is not None else None,
         error_type=error.error_type,
         error=str(error) if message is None else message,
         response_id=getattr(error, "request_id", None),
         fingerprint=fingerprint,
+        cost_usd=cost_usd,
+        **(_usage_columns(usage, billed_usage(usage)) if usage else {}),
+        **(_image_columns(image) if image is not None else {}),
     )
+
+
+def _usage_columns(usage: dict[str, Any], billed: BilledUsage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": billed.prompt,
+        "completion_tokens": billed.completion,
+        "total_tokens": billed.total,
+        "usage": json.dumps(usage, separators=(",", ":")) if usage else None,
+        "cached_tokens": billed.cached,
+        "reasoning_tokens": billed.reasoning,
+        "image_tokens": billed.image,
+    }
+
+
+def _image_columns(image: PreparedImage) -> dict[str, Any]:
+    return {
+        "image_sha256": image.sha256,
+        "width": image.width,
+        "height": image.height,
+        "original_width": image.original_width,
+        "original_height": image.original_height,
+    }
 
 
 def _row(row: ManifestRow, **fields: Any) -> dict[str, Any]:
@@ -116,12 +136,3 @@ def _row(row: ManifestRow, **fields: Any) -> dict[str, Any]:
         # A manifest column that clashes with one of ours is kept under another name.
         out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = value
     return out
-
-
-def _detail(usage: dict[str, Any], group: str, name: str) -> int | None:
-    details = usage.get(group)
-    return _int(details.get(name)) if isinstance(details, dict) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -15,16 +15,18 @@ import email.utils
 import random
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from .errors import (
+    AnswerError,
     APIConnectionError,
     APIResponseError,
     APIStatusError,
     APITimeoutError,
     ImageURLTimeoutError,
+    LongWaitError,
     QuotaExhaustedError,
 )
 
@@ -35,9 +37,42 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 MAX_RETRY_AFTER = 60.0
 
 
+# LiteLLM's proxy passes the provider's headers on with this prefix (and drops the originals).
+GATEWAY_PREFIX = "llm_provider-"
+
+
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds the server asked us to wait, or None if it did not say (or said nonsense)."""
-    ms = headers.get("retry-after-ms")
+    """Seconds the server asked us to wait, or None if it did not say (or said nonsense).
+
+    `retry-after-ms`, then `Retry-After` (seconds or an HTTP date), each also in a gateway's `llm_provider-` form.
+    """
+    for prefix in ("", GATEWAY_PREFIX):
+        value = _retry_after(headers, prefix, now)
+        if value is not None:
+            return value
+    return None
+
+
+def retry_delay_from_body(payload: Any) -> float | None:
+    """Google's RetryInfo in an error body (Gemini's OpenAI layer sends no header): {"retryDelay": "7s"}."""
+    if isinstance(payload, list):
+        return next((d for d in map(retry_delay_from_body, payload) if d is not None), None)
+    error = payload.get("error") if isinstance(payload, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                seconds = float(delay[:-1])
+            except ValueError:
+                continue
+            if seconds >= 0:
+                return seconds
+    return None
+
+
+def _retry_after(headers: Mapping[str, str], prefix: str, now: float | None) -> float | None:
+    ms = headers.get(prefix + "retry-after-ms")
     if ms is not None:
         try:
             value = float(ms) / 1000
@@ -45,7 +80,7 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
             value = None
         if value is not None and value >= 0:
             return value
-    raw = headers.get("retry-after")
+    raw = headers.get(prefix + "retry-after")
     if raw is None:
         return None
     try:
@@ -70,11 +105,13 @@ def should_retry(error: BaseException) -> bool:
     if isinstance(error, APIStatusError):
         if error.should_retry is not None:  # the server's own word wins (x-should-retry)
             return error.should_retry
-        if isinstance(error, QuotaExhaustedError):  # money, not load: waiting will not help
+        if isinstance(error, (QuotaExhaustedError, LongWaitError)):  # money or a quota window: waiting here will not help
             return False
         if isinstance(error, ImageURLTimeoutError):  # the provider's download timed out: another try may not
             return True
         return error.status in RETRYABLE_STATUSES or error.status >= 500
+    if isinstance(error, AnswerError):  # an empty answer or a refusal: the same request gets the same
+        return False
     return isinstance(error, (APIConnectionError, APITimeoutError, APIResponseError))
 
 

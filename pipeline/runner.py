@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Iterator
 import aiohttp
 
 from .client import ChatClient
-from .cost import Budget, load_price
+from .cost import Budget, load_price, row_cost
 from .config import JobConfig
 from .errors import (
     EXIT_ABORTED,
@@ -34,7 +34,7 @@ from .errors import (
     EXIT_ROWS_FAILED,
     EXIT_SIGINT,
     EXIT_SIGTERM,
-    RUN_ENDING_ERRORS,
+    AnswerError,
     APIError,
     ConfigError,
     ImageError,
@@ -43,6 +43,7 @@ from .errors import (
     PipelineError,
     RunAborted,
 )
+from .failures import FailureWatch
 from .fetch import make_fetch_session
 from .images import ImageLoader
 from .lock import OutputLock
@@ -54,8 +55,9 @@ from .records import ManifestRow, PreparedImage
 from .request import build_chat_request, encode_chat_request
 from .results import error_row, ok_row
 from .resume import ResumeIndex, fingerprinter
-from .retry import RetryPolicy, should_retry
+from .retry import RetryPolicy
 from .runlog import append_run_record
+from .usage import billed_usage
 from .writer import ResultWriter
 
 log = logging.getLogger("pipeline")
@@ -190,7 +192,7 @@ class CaptionJob:
         self.stop = stop
         self.retry = RetryPolicy(max_retries=config.max_retries)
         self.fingerprint = fingerprinter(config)
-        self.failures_in_a_row = 0
+        self.failures = FailureWatch(config.max_consecutive_failures)
         self.price = load_price(config.prices, config.model)
         self.budget = Budget(config.max_cost)
         if config.max_cost is not None and self.price is None:
@@ -228,19 +230,7 @@ class CaptionJob:
     def _finish(self, result: dict[str, Any], error: PipelineError | None) -> None:
         self.writer.write(result)
         self.progress.record(result)
-        if isinstance(error, RUN_ENDING_ERRORS):
-            # Every other request would fail the same way: stop now, keep what finished.
-            raise RunAborted(f"aborted: {result['error']}")
-        if error is None:
-            self.failures_in_a_row = 0
-        elif should_retry(error):  # a transient failure that outlived its retries
-            self.failures_in_a_row += 1
-            limit = self.config.max_consecutive_failures
-            if limit and self.failures_in_a_row >= limit:
-                raise RunAborted(
-                    f"aborted: {limit} rows in a row failed after retries (last: {result['error']}); "
-                    "the endpoint looks broken, so the rest of the manifest was not sent. Rerun to continue."
-                )
+        self.failures.check(error, result["error"] or "")
 
     async def _send(self, row: ManifestRow, image: PreparedImage, body: bytes, tokens: int, fingerprint: str) -> tuple[dict[str, Any], PipelineError | None]:
         attempts = 0
@@ -255,16 +245,16 @@ class CaptionJob:
         try:
             completion = await self.retry.run(attempt)
         except APIError as e:
-            return self._failed(row, e, fingerprint, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000)
+            # An empty answer or a refusal was billed: its row keeps the tokens and their cost.
+            cost = self._cost(e.usage) if isinstance(e, AnswerError) else None
+            return self._failed(row, e, fingerprint, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000,
+                                cost_usd=cost, image=image)
         latency_ms = (time.monotonic() - started) * 1000
         cost = self._cost(completion.usage)
         return ok_row(row, image, completion, attempts=attempts, latency_ms=latency_ms, fingerprint=fingerprint, cost_usd=cost), None
 
     def _cost(self, usage: dict[str, Any]) -> float | None:
-        if self.price is None:
-            return None
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or usage.get("cache_read_input_tokens") or 0
-        return self.price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached)
+        return row_cost(self.price, billed_usage(usage))
 
     def _estimate_tokens(self, image: PreparedImage, prompt: str) -> int:
         """What the provider will count against a tokens-per-minute limit, before it says: input plus the longest answer."""

@@ -61,13 +61,14 @@ from pipeline.simulator_vision import (
     fit_caption,
     image_bytes,
 )
+from pipeline.simulator_dialects import ANSWER_FAULTS, HEADER_STYLES, gemini_429_body, play_answer, rename_like_a_gateway, stream_error_frame
 from pipeline.simulator_stream import STREAM_FAULTS, STREAM_STYLES, SSEWriter, completion_chunks, error_payload
 
 DEFAULT_MODEL = "claude-sonnet-4-20250514"
 RETRY_AFTER_FORMS = ("seconds", "http-date", "ms", "none")
 DECODE_MODES = ("full", "header")
 MALFORMED_VARIANTS = ("not_json", "error_object", "no_choices", "null_content")
-NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed", "quota", "url_timeout", *STREAM_FAULTS} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
+NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed", "quota", "url_timeout", "gemini_429", "echo_key", *STREAM_FAULTS, *ANSWER_FAULTS} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
 _MAX_BODY_BYTES = 50 * 1024 * 1024  # providers cap a request at tens of MB too
 _KEPT_BODIES = 1000
 
@@ -75,6 +76,7 @@ _KEPT_BODIES = 1000
 _STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", "invalid_value", "Invalid request (simulated)."),
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    402: ("payment_required", None, "Insufficient credits. Add more using https://openrouter.ai/credits"),
     403: ("permission_error", "permission_denied", "You are not allowed to use this model."),
     404: ("invalid_request_error", "model_not_found", "The model does not exist or you do not have access to it."),
     408: ("timeout_error", None, "Request timed out."),
@@ -106,6 +108,7 @@ class SimulatorSettings:
     retry_after_form: str = "seconds"  # one of RETRY_AFTER_FORMS
     fault_script: list[str] = field(default_factory=list)
     stream_style: str = "lf"  # one of STREAM_STYLES
+    header_style: str = "plain"  # one of HEADER_STYLES: "litellm" renames retry and limit headers as that gateway does
     api_key: str | None = field(default=None, repr=False)  # None: any bearer token
     model: str | None = None  # what GET /v1/models lists
     seed: int = 0
@@ -134,6 +137,8 @@ class SimulatorSettings:
             raise ValueError("fault rates must each be in [0, 1] and add up to at most 1")
         if self.retry_after_form not in RETRY_AFTER_FORMS:
             raise ValueError(f"retry_after_form must be one of {', '.join(RETRY_AFTER_FORMS)}")
+        if self.header_style not in HEADER_STYLES:
+            raise ValueError(f"header_style must be one of {', '.join(HEADER_STYLES)}")
         if self.stream_style not in STREAM_STYLES:
             raise ValueError(f"stream_style must be one of {', '.join(STREAM_STYLES)}")
         if not isinstance(self.seed, int):
@@ -275,6 +280,7 @@ class Simulator:
         app.router.add_post("/_sim/reset", self._post_reset)
         AssetRoutes(lambda: self.settings.image_dir).add_to(app.router)
         app.cleanup_ctx.append(self._client_session)
+        app.on_response_prepare.append(self._rename_headers)
         # handler_cancellation: a client that hangs up cancels its handler, as
         # `reset` and `hang` rely on; shutdown_timeout bounds a stop under load.
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
@@ -294,6 +300,9 @@ class Simulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _rename_headers(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        rename_like_a_gateway(request, response, self.settings.header_style)
 
     async def _client_session(self, app: web.Application) -> Any:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as self._http:
@@ -362,7 +371,7 @@ class Simulator:
         fault = self._pick_fault(nth)
         if fault in STREAM_FAULTS and not chat.stream:
             fault = "reset" if fault == "truncated" else None  # a body cut short; the rest need a stream
-        if fault is not None and fault not in STREAM_FAULTS:
+        if fault is not None and fault not in STREAM_FAULTS and fault not in ANSWER_FAULTS:
             return await self._inject(request, fault, n, chat, headers)
         try:
             width, height, caption = seen or await self._look(chat)
@@ -371,12 +380,14 @@ class Simulator:
         caption, finish_reason = fit_caption(caption, chat.max_tokens)
         usage = count_usage(width, height, chat.texts, caption)
         completion = self._completion(n, chat.model, caption, finish_reason, usage)
+        if fault in ANSWER_FAULTS:
+            completion = play_answer(fault, completion, chat.max_tokens)
         if fault is not None:
             self.stats.faults[fault] += 1
         else:
             counts["ok"] += 1
         if chat.stream:
-            return await self._stream(request, completion, chat.include_usage, headers, fault)
+            return await self._stream(request, completion, chat.include_usage, headers, None if fault in ANSWER_FAULTS else fault)
         return web.json_response(completion, headers=headers)
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -471,6 +482,13 @@ class Simulator:
             return web.Response(text=body, content_type="application/json", headers=headers)
         if fault == "url_timeout":
             return self._bad_request(url_timeout(chat.image_url), headers)
+        if fault == "echo_key":  # a proxy's error page that quotes the request, Authorization included
+            page = ("<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1><p>upstream failed; "
+                    f"request was: POST /v1/chat/completions Authorization: {request.headers.get('Authorization', '')} "
+                    "Content-Type: application/json</p></body></html>")
+            return web.Response(text=page, status=502, content_type="text/html", headers=headers)
+        if fault == "gemini_429":  # a JSON list, the wait only in the body's RetryInfo
+            return web.json_response(gemini_429_body(self.settings.retry_after), status=429, headers=headers)
         if fault == "quota":  # OpenAI's 429 for an account out of credit: retrying does not help
             body = _error_body("You exceeded your current quota, please check your plan and billing details.", "insufficient_quota", "insufficient_quota")
             return web.json_response(body, status=429, headers=headers)
@@ -499,8 +517,12 @@ class Simulator:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": caption}, "finish_reason": finish_reason}],
-            "usage": usage,
+            "system_fingerprint": "fp_sim",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": caption, "refusal": None, "annotations": []},
+                         "logprobs": None, "finish_reason": finish_reason}],
+            "usage": {**usage, "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
         }
 
     @staticmethod
@@ -535,6 +557,11 @@ class Simulator:
         if fault in ("stream_error", "stream_error_vllm"):
             await writer.send([error_payload(fault)])
             await writer.end(done=False)
+            return response
+        if fault.startswith("stream_error_"):  # the servers that send [DONE] after their error
+            field, payload = stream_error_frame(fault)
+            await writer.send([payload], field=field)
+            await writer.end()
             return response
         self.stats.by_status[fault] += 1  # truncated or stall: the handler never returns normally
         if fault == "stall":
@@ -672,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stream-style", choices=STREAM_STYLES, default=default.stream_style,
         help="how streamed answers are written: line ends lf, crlf or cr; keepalive comments; multiline data; "
         "fragmented writes; no_done omits [DONE] (default: %(default)s)")
+    add("--header-style", choices=HEADER_STYLES, default=default.header_style,
+        help="plain, or litellm: retry and rate-limit headers renamed llm_provider-*, as LiteLLM's proxy passes them (default: %(default)s)")
     add("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")
     add("--model", default=None, help=f"model id listed by /v1/models (default: {DEFAULT_MODEL})")
     add("--seed", type=int, default=default.seed, help="seed for random faults and jitter (default: %(default)s)")

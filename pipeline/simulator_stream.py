@@ -23,8 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.simulator_dialects import DIALECT_STREAM_FAULTS, content_deltas
+
 STREAM_STYLES = ("lf", "crlf", "cr", "keepalive", "multiline", "fragmented", "no_done")
-STREAM_FAULTS = ("stream_error", "stream_error_vllm", "truncated", "stall")
+STREAM_FAULTS = ("stream_error", "stream_error_vllm", "truncated", "stall", *DIALECT_STREAM_FAULTS)
 
 _LINE_ENDS = {"crlf": "\r\n", "cr": "\r", "fragmented": "\r\n"}
 _HARD_CUT_PAUSE = 0.002  # seconds
@@ -32,38 +34,36 @@ _HARD_CUT_PAUSE = 0.002  # seconds
 
 def completion_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
     """A chat.completion as the chat.completion.chunk sequence a provider streams: about four
-    content deltas, then the finish_reason, then (with include_usage) a usage chunk with no choices."""
-    base = {key: completion[key] for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-    caption = completion["choices"][0]["message"]["content"]
-    step = max(1, math.ceil(len(caption) / 4))
-    chunks: list[dict[str, Any]] = []
-    for start in range(0, len(caption), step):
-        delta = {"content": caption[start : start + step]} | ({"role": "assistant"} if start == 0 else {})
-        chunks.append(base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+    content deltas, then the finish_reason, then (with include_usage) a usage chunk with no choices;
+    with include_usage every earlier chunk carries `"usage": null`, as OpenAI's do."""
+    base = {key: completion[key] for key in ("id", "created", "model", "system_fingerprint") if key in completion}
+    base |= {"object": "chat.completion.chunk"} | ({"usage": None} if include_usage else {})
+    chunks = [base | {"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+              for delta in content_deltas(completion["choices"][0]["message"])]
     finish_reason = completion["choices"][0]["finish_reason"]
-    chunks.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
+    chunks.append(base | {"choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}]})
     if include_usage:
         chunks.append(base | {"choices": [], "usage": completion["usage"]})
     return chunks
 
 
 def error_payload(fault: str) -> dict[str, Any]:
-    """What an in-stream error looks like: OpenAI's shape (no status), or vLLM's (status in `code`)."""
-    if fault == "stream_error_vllm":
-        return {"object": "error", "message": "The engine died while generating (simulated).",
-                "type": "InternalServerError", "param": None, "code": 500}
+    """What an in-stream error looks like: OpenAI's shape (a type word, no status), or vLLM's (status in `code`)."""
+    if fault == "stream_error_vllm":  # today's vLLM: ErrorResponse{error: ErrorInfo}, the status in `code`
+        return {"error": {"message": "The engine died while generating (simulated).",
+                          "type": "InternalServerError", "param": None, "code": 500}}
     return {"error": {"message": "The server had an error while processing your request (simulated).",
                       "type": "server_error", "param": None, "code": None}}
 
 
-def frame(payload: dict[str, Any] | str, style: str) -> str:
+def frame(payload: dict[str, Any] | str, style: str, field: str = "data") -> str:
     """One event in the given style; a str payload is sent as is (e.g. [DONE] or a broken body)."""
     if isinstance(payload, dict):
         # Raw UTF-8, not \\u escapes, so that a '×' in a caption is two bytes on the wire.
         payload = json.dumps(payload, ensure_ascii=False, indent=1 if style == "multiline" else None)
     eol = _LINE_ENDS.get(style, "\n")
     comment = f": keep-alive{eol}{eol}" if style == "keepalive" else ""
-    return comment + "".join(f"data: {line}{eol}" for line in payload.split("\n")) + eol
+    return comment + "".join(f"{field}: {line}{eol}" for line in payload.split("\n")) + eol
 
 
 def fragment(data: bytes, rng: random.Random, largest: int = 6) -> list[bytes]:
@@ -86,9 +86,9 @@ class SSEWriter:
         self._style = style
         self._rng = rng
 
-    async def send(self, payloads: list[dict[str, Any] | str]) -> None:
+    async def send(self, payloads: list[dict[str, Any] | str], field: str = "data") -> None:
         for payload in payloads:
-            data = frame(payload, self._style).encode()
+            data = frame(payload, self._style, field).encode()
             if self._style != "fragmented":
                 await self._response.write(data)
                 continue

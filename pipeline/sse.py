@@ -23,7 +23,7 @@ import aiohttp
 
 from .errors import APIError, APIResponseError, APITimeoutError, status_error_class
 from .records import Completion
-from .response import error_message
+from .response import MAX_ANSWER_BYTES, answer, content_text, error_message
 
 DONE = "[DONE]"
 _LINE_END = re.compile(r"\r\n|\r|\n")
@@ -94,6 +94,9 @@ class SSEParser:
             value = value[1:]
         if name == "data":
             self._data.append(value)
+        elif name == "error":  # not in the spec: llama.cpp's server reports a failure as `error: {...}`
+            self._data.append(value)
+            self._event = "error"
         elif name == "event":
             self._event = value
         elif name == "id" and "\0" not in value:
@@ -113,13 +116,16 @@ class SSEParser:
 class CompletionAssembler:
     """Folds chat.completion.chunk payloads into one Completion."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, started_at: float | None = None):
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, started_at: float | None = None,
+                 mask: Callable[[str], str] = str):
         self._clock = clock
+        self._mask = mask  # applied to event text before an error message quotes it (the key never shows)
         self.started_at = clock() if started_at is None else started_at
         self.first_token_at: float | None = None  # clock() at the first non-empty content delta
         self.done = False  # [DONE] seen; later events are ignored
         self.finish_reason: str | None = None
         self._pieces: list[str] = []
+        self._refusal: list[str] = []
         self._chars = 0
         self._id: str | None = None
         self._model: str | None = None
@@ -144,11 +150,16 @@ class CompletionAssembler:
         try:
             payload = json.loads(data)
         except json.JSONDecodeError:
-            raise APIResponseError(f"the provider sent a stream event that is not JSON: {_snippet(data)}") from None
+            raise APIResponseError(f"the provider sent a stream event that is not JSON: {_snippet(self._mask(data))}") from None
         if not isinstance(payload, dict):
-            raise APIResponseError(f"the provider sent a stream event that is not a JSON object: {_snippet(data)}")
+            raise APIResponseError(f"the provider sent a stream event that is not a JSON object: {_snippet(self._mask(data))}")
         if payload.get("error") or payload.get("object") == "error" or event == "error":
-            raise stream_error(payload, data)
+            masked = self._mask(data)
+            try:
+                payload = json.loads(masked)
+            except json.JSONDecodeError:
+                pass
+            raise stream_error(payload, masked)
         self._id = self._id or _str_or_none(payload.get("id"))
         self._model = self._model or _str_or_none(payload.get("model"))
         if isinstance(payload.get("usage"), dict):  # the include_usage chunk; the last one wins
@@ -157,12 +168,19 @@ class CompletionAssembler:
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             return
         delta = choices[0].get("delta")
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str) and content:
+        delta = delta if isinstance(delta, dict) else {}
+        content = content_text(delta.get("content"))  # a string, or Mistral's list of parts
+        if content:
             if self.first_token_at is None:
                 self.first_token_at = self._clock()
             self._pieces.append(content)
             self._chars += len(content)
+            if self._chars > MAX_ANSWER_BYTES:
+                raise APIResponseError(f"the provider streamed more than {MAX_ANSWER_BYTES:,} characters: not a caption")
+        if isinstance(delta.get("refusal"), str):
+            self._refusal.append(delta["refusal"])
+        if choices[0].get("finish_reason") == "error":  # OpenRouter's end of a failed stream, when it sent no error object
+            raise APIResponseError(f"the provider ended the stream with finish_reason 'error' after {self._chars} characters")
         if choices[0].get("finish_reason"):
             self.finish_reason = str(choices[0]["finish_reason"])
 
@@ -173,11 +191,9 @@ class CompletionAssembler:
                 f"the provider's stream ended before it finished (truncated): {ended} after "
                 f"{self._chars} characters, with no finish_reason and no [DONE]"
             )
-        caption = "".join(self._pieces)
-        if not caption:
-            raise APIResponseError(f"the provider's stream finished (finish_reason {self.finish_reason!r}) with no content")
-        return Completion(
-            caption=caption,
+        return answer(
+            "".join(self._pieces),
+            refusal="".join(self._refusal),
             finish_reason=self.finish_reason,
             model=self._model,
             response_id=self._id,
@@ -196,12 +212,14 @@ def stream_error(payload: dict[str, Any], raw: str) -> APIError:
     inner = payload["error"] if isinstance(payload.get("error"), dict) else payload
     message = error_message(payload) or _snippet(raw)
     status = next(filter(None, (_http_status(inner.get(key)) for key in ("code", "status", "status_code"))), None)
+    if status is None:  # a word instead of a number: OpenRouter's "server_error", vLLM's "InternalServerError"
+        status = next(filter(None, (_WORD_STATUS.get(str(inner.get(key)).lower()) for key in ("code", "type"))), None)
     # The machine-readable code: a word in `code` ("insufficient_quota"), else the `type`.
     word = inner.get("code") if _http_status(inner.get("code")) is None else None
     code = _str_or_none(word) or _str_or_none(inner.get("type"))
     if status is None:
         return APIResponseError(f"the provider sent an error inside the stream: {message}")
-    return status_error_class(status, code)(
+    return status_error_class(status, code, message)(
         f"the provider sent an error inside the stream (code {status}): {message}", status=status, code=code
     )
 
@@ -215,6 +233,7 @@ async def read_completion(
     *,
     stall_timeout: float | None,
     started_at: float | None = None,
+    mask: Callable[[str], str] = str,
 ) -> tuple[Completion, float | None]:
     """Read an event stream to its end: (completion, seconds to the first content token).
 
@@ -227,7 +246,7 @@ async def read_completion(
     arrived, otherwise a truncated APIResponseError.
     """
     parser = SSEParser()
-    assembler = CompletionAssembler(started_at=started_at)
+    assembler = CompletionAssembler(started_at=started_at, mask=mask)
     ended = "the stream ended"
     while not assembler.done:
         try:
@@ -255,6 +274,16 @@ async def read_completion(
         if parser.pending:
             ended += " in the middle of an event"
     return assembler.finish(ended), assembler.time_to_first_token
+
+
+# Error words that name a status, as streams that carry no number spell them.
+_WORD_STATUS = {
+    "server_error": 500, "internalservererror": 500, "internal_server_error": 500, "api_error": 500,
+    "overloaded_error": 529, "serviceunavailableerror": 503, "service_unavailable": 503,
+    "rate_limit_exceeded": 429, "rate_limit_error": 429, "ratelimiterror": 429,
+    "insufficient_quota": 429, "timeout": 408, "timeout_error": 408,
+    "badrequesterror": 400, "invalid_request_error": 400, "context_length_exceeded": 400,
+}
 
 
 def _http_status(value: Any) -> int | None:

@@ -114,7 +114,7 @@ def test_429_is_retried_after_the_advised_wait(simulator, tmp_path, form):
 @pytest.mark.parametrize(
     "script",
     [["500", "ok"], ["529", "ok"], ["503", "502", "ok"], ["reset", "ok"], ["hang", "ok"], ["408", "ok"], ["409", "ok"],
-     ["malformed:not_json", "ok"], ["malformed:error_object", "ok"], ["malformed:no_choices", "ok"], ["malformed:null_content", "ok"]],
+     ["malformed:not_json", "ok"], ["malformed:error_object", "ok"], ["malformed:no_choices", "ok"]],
 )
 def test_transient_failures_are_retried(simulator, tmp_path, script):
     simulator.configure(fault_script=script, retry_after=0)

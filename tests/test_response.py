@@ -32,7 +32,7 @@ def test_parses_caption_and_copies_usage_as_given():
         (json.dumps({"error": {"message": "overloaded"}}).encode(), "overloaded"),
         (_body(choices=[]), "without any choices"),
         (_body(choices=None), "without any choices"),
-        (_body(choices=[{"message": {"content": None}, "finish_reason": "stop"}]), "null"),
+        (_body(choices=[{"message": {"content": None}, "finish_reason": "stop"}]), "no content"),
     ],
 )
 def test_unusable_200_bodies_are_typed_errors(raw, fragment):

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from pipeline.errors import APIResponseError, APITimeoutError, ServerError
+from pipeline.errors import APIError, APIResponseError, APITimeoutError, BadRequestError, ServerError
 from pipeline.simulator import SimulatorSettings, build_parser, count_usage, image_key, retry_after_headers, serve_in_thread
 from pipeline.simulator_assets import generated_colour
 from pipeline.simulator_limits import Limits, SlidingWindow, format_duration
@@ -100,7 +100,10 @@ def test_caption_describes_the_pixels_and_usage_follows_the_formula(simulator, c
     width, height = size
     prompt = math.ceil(width * height / 750) + math.ceil((len(SYSTEM) + len(PROMPT)) / 4)
     completion = math.ceil(len(caption) / 4)
-    assert answer["usage"] == {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    counts = {k: answer["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    assert counts == {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 0  # the fields real OpenAI sends
+    assert answer["choices"][0]["message"]["refusal"] is None and answer["system_fingerprint"]
     # Deterministic: the same image gets the same caption.
     assert json.loads(post(simulator, body)[2])["choices"][0]["message"]["content"] == caption
 
@@ -512,7 +515,10 @@ def test_fragmented_really_arrives_in_pieces(simulator):
     assert any(after[:1] and after[0] & 0xC0 == 0x80 for after in pieces[1:])
 
 
-@pytest.mark.parametrize("fault, error, status", [("stream_error", APIResponseError, None), ("stream_error_vllm", ServerError, 500)])
+@pytest.mark.parametrize("fault, error, status", [
+    ("stream_error", ServerError, 500), ("stream_error_vllm", ServerError, 500), ("stream_error_vllm_old", BadRequestError, 400),
+    ("stream_error_llamacpp", ServerError, 500), ("stream_error_openrouter", ServerError, 500),
+])
 def test_an_error_inside_the_stream_raises_the_matching_class(simulator, fault, error, status):
     simulator.configure(fault_script=[fault])
     with pytest.raises(error, match="inside the stream") as info:
@@ -552,7 +558,7 @@ def test_stream_faults_on_a_plain_request(simulator):
 def test_malformed_answers_are_streamed_in_the_chosen_style(simulator):
     simulator.configure(fault_script=["malformed"] * 4, stream_style="crlf")
     for fragment in ("not JSON", "inside the stream", "no content", "no content"):
-        with pytest.raises(APIResponseError, match=fragment):
+        with pytest.raises(APIError, match=fragment):
             read_stream(simulator)
 
 

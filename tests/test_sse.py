@@ -211,9 +211,12 @@ def test_a_payload_that_is_not_a_json_object_is_a_bad_response(payload, what):
 @pytest.mark.parametrize(
     "payload, cls, status, code",
     [
-        # OpenAI: no HTTP status inside the stream -> a bad response (retried).
-        ({"error": {"message": "The server had an error", "type": "server_error", "param": None, "code": None}}, APIResponseError, None, None),
-        ({"error": {"message": "Rate limit", "type": "requests", "code": "rate_limit_exceeded"}}, APIResponseError, None, None),
+        # OpenAI and OpenRouter: no number, but a word that names the status.
+        ({"error": {"message": "The server had an error", "type": "server_error", "param": None, "code": None}}, ServerError, 500, "server_error"),
+        ({"error": {"message": "Rate limit", "type": "requests", "code": "rate_limit_exceeded"}}, RateLimitError, 429, "rate_limit_exceeded"),
+        ({"error": {"code": "server_error", "message": "Provider disconnected unexpectedly"}}, ServerError, 500, "server_error"),
+        # No status and no word we know: a bad response (retried).
+        ({"error": {"message": "something odd", "type": "weird"}}, APIResponseError, None, None),
         # vLLM: the status is in `code`.
         ({"object": "error", "message": "engine died", "type": "InternalServerError", "param": None, "code": 500}, ServerError, 500, "InternalServerError"),
         ({"object": "error", "message": "overloaded", "type": "ServiceUnavailableError", "code": 503}, ServerError, 503, "ServiceUnavailableError"),
