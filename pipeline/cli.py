@@ -3,7 +3,8 @@
 Exit codes (also in the README):
   0  every row ok          1  finished, some rows failed (they are in the output)
   2  usage or configuration error        3  aborted (auth, quota, too many failures in a row)
-  70 internal error (a bug: please report it with PIPELINE_DEBUG=1 output)
+  4  stopped at --max-cost               70 internal error (a bug: please report it with PIPELINE_DEBUG=1 output)
+  74 the output could not be written (full disk, read-only folder)
   75 another run holds the output's lock  130 / 143 stopped by Ctrl-C / SIGTERM
 """
 
@@ -17,10 +18,9 @@ import traceback
 
 from . import __version__
 from .config import DEFAULT_API_KEY_ENV, FALLBACK_API_KEY_ENV, JobConfig, load_config
-from .errors import EXIT_LOCKED, EXIT_SIGINT, EXIT_USAGE, ConfigError, ManifestError, OutputLocked
+from .errors import EXIT_INTERNAL, EXIT_SIGINT, ConfigError, ManifestError, OutputLocked, OutputWriteError, exit_code_for
 from .logs import redact_in_logs, setup_logging
 
-EXIT_INTERNAL = 70
 log = logging.getLogger("pipeline")
 
 D = JobConfig()  # built-in defaults, shown in --help
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption every image in a manifest; one Parquet row per image. "
         "Precedence: flag > environment variable > job file > built-in default.",
         epilog="exit codes: 0 all rows ok; 1 some rows failed (they are in the output); "
-        "2 usage or configuration error; 3 aborted (authentication, quota or too many failures in a row); 4 stopped at --max-cost; "
+        "2 usage or configuration error; 3 aborted (authentication, credits, quota, a broken setup or too many failures in a row); "
+        "4 stopped at --max-cost; 74 the output could not be written (full disk, read-only folder); "
         "75 another run holds the output; 130 stopped by Ctrl-C; 143 stopped by SIGTERM. "
         "A rerun of the same command continues where the last one stopped.",
     )
@@ -113,12 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "log_format", None) or os.environ.get("CAPTION_LOG_FORMAT"))
     try:
         return args.func(args)
-    except (ConfigError, ManifestError) as e:
+    except (ConfigError, ManifestError, OutputLocked, OutputWriteError) as e:
         log.error("error: %s", e)
-        return EXIT_USAGE
-    except OutputLocked as e:
-        log.error("error: %s", e)
-        return EXIT_LOCKED
+        return exit_code_for(e)
     except KeyboardInterrupt:  # before the run took over Ctrl-C (while starting up)
         log.error("interrupted")
         return EXIT_SIGINT

@@ -263,7 +263,33 @@ class OutputWriteError(PipelineError):
     error_type = "output_write"
 
 
+def write_error(path: object, error: OSError, doing: str = "write") -> OutputWriteError:
+    """An OSError on our own files, said as what a person can do about it."""
+    cause = error.strerror or str(error)
+    what = {28: "the disk is full", 30: "the file system is read-only", 13: "permission denied", 122: "the disk quota is exceeded"}
+    cause = what.get(error.errno or 0, cause)
+    return OutputWriteError(
+        f"cannot {doing} {path}: {cause}. Every finished row already journaled is kept; free space or fix the folder "
+        "(or pick another --output), then rerun the same command to continue"
+    )
+
+
 class OutputLocked(PipelineError):
     """Another run is writing the same output. Exit code 75."""
 
     error_type = "locked"
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The documented exit code for an error that ended a run (see the README's table)."""
+    if isinstance(error, (ConfigError, ManifestError)):
+        return EXIT_USAGE
+    if isinstance(error, OutputLocked):
+        return EXIT_LOCKED
+    if isinstance(error, OutputWriteError):
+        return EXIT_IO
+    if isinstance(error, RunAborted):
+        return EXIT_ABORTED
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_SIGINT
+    return EXIT_INTERNAL

@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import OutputLocked
+from .errors import OutputLocked, write_error
 
 
 def lock_path(output: Path) -> Path:
@@ -28,8 +28,11 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(getattr(e, "filename", None) or self.path, e, "create the lock file") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -37,8 +40,11 @@ class OutputLock:
             os.close(fd)
             raise OutputLocked(f"another run is writing {self.output} ({holder}); wait for it to finish or stop it") from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError:
+            pass  # who holds it is only information; the flock is what counts
         self._fd = fd
         return self
 

@@ -41,7 +41,9 @@ from .errors import (
     ManifestError,
     ManifestRowError,
     PipelineError,
+    OutputWriteError,
     RunAborted,
+    exit_code_for,
 )
 from .failures import FailureWatch
 from .fetch import make_fetch_session
@@ -107,11 +109,21 @@ def run_job(config: JobConfig) -> RunSummary:
 
 
 async def run_job_async(config: JobConfig) -> RunSummary:
-    manifest = open_manifest(config.manifest)
     if config.dry_run:
-        return await _dry_run(config, manifest)
-
+        return await _dry_run(config, open_manifest(config.manifest))
     started_at = time.time()
+    try:
+        return await _run(config, started_at)
+    except (Exception, KeyboardInterrupt, asyncio.CancelledError) as e:
+        # Every run gets its line in the run record, however it ends: cron alerts read it.
+        record = _run_record(config, None, started_at, exit_code=exit_code_for(e), error=f"{type(e).__name__}: {e}")
+        # Where the output cannot be written, the record cannot either; the error already says so.
+        append_run_record(config.output, record, required=False, quiet=isinstance(e, OutputWriteError))
+        raise
+
+
+async def _run(config: JobConfig, started_at: float) -> RunSummary:
+    manifest = open_manifest(config.manifest)
     stop = StopRequest()
     aborted = None
     with OutputLock(config.output):
@@ -134,7 +146,7 @@ async def run_job_async(config: JobConfig) -> RunSummary:
                     except* RunAborted as group:
                         aborted = str(group.exceptions[0])
                         log.error("%s", aborted)
-                    except* ManifestError as group:  # the manifest broke mid-way; what finished is still written below
+                    except* (ManifestError, OutputWriteError) as group:  # what finished is still written below
                         raise group.exceptions[0] from None
         finally:
             progress.close()
@@ -367,7 +379,8 @@ def _summary(
     )
 
 
-def _run_record(config: JobConfig, summary: RunSummary, started_at: float) -> dict[str, Any]:
+def _run_record(config: JobConfig, summary: RunSummary | None, started_at: float, **outcome: Any) -> dict[str, Any]:
+    """One line of <output>.runs.jsonl; a run that ended on an error has no summary, only its exit code and why."""
     utc = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
     record = {
         "run_id": uuid.uuid4().hex[:12],
@@ -376,7 +389,8 @@ def _run_record(config: JobConfig, summary: RunSummary, started_at: float) -> di
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "options": config.public_options(),
-        **{k: v for k, v in asdict(summary).items() if k not in ("output", "dry_run")},
-        "total_tokens": summary.total_tokens,
+        **({k: v for k, v in asdict(summary).items() if k not in ("output", "dry_run")} if summary else {}),
+        **({"total_tokens": summary.total_tokens} if summary else {}),
+        **outcome,
     }
     return json.loads(config.redact(json.dumps(record, default=str)))

@@ -15,6 +15,7 @@ A journal left by a killed run is merged the same way by the next `open()`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import ConfigError
+from .errors import ConfigError, write_error
 from .results import OUTPUT_SCHEMA
 
 log = logging.getLogger("pipeline")
@@ -49,28 +50,39 @@ class ResultWriter:
         self._file = None
         self._unsynced = 0
         self._last_sync = time.monotonic()
-        self.rows_written = 0
         self.rows_recovered = 0
+        self._broken = False
 
     def open(self) -> "ResultWriter":
-        """Recover what a killed run left, then start an empty journal. Call only while holding the output's lock."""
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        for leftover in self.output.parent.glob(f".{self.output.name}.*.tmp"):
-            leftover.unlink(missing_ok=True)  # a merge that was killed before its rename
-        if self.journal.exists():
-            self.rows_recovered = merge_journal(self.output, self.journal)
-            if self.rows_recovered:
-                log.info("recovered %d finished rows from an interrupted run into %s", self.rows_recovered, self.output)
-        self._file = open(self.journal, "w", encoding="utf-8")
+        """Recover what a killed run left, check the folder takes writes, start an empty journal.
+
+        Call only while holding the output's lock. Any failure to write is an OutputWriteError (exit 74)
+        before the first request is sent.
+        """
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            for leftover in self.output.parent.glob(f".{self.output.name}.*.tmp"):
+                leftover.unlink(missing_ok=True)  # a merge that was killed before its rename
+            if self.journal.exists():
+                self.rows_recovered = merge_journal(self.output, self.journal)
+                if self.rows_recovered:
+                    log.info("recovered %d finished rows from an interrupted run into %s", self.rows_recovered, self.output)
+            _probe_free_space(self.output)
+            self._file = open(self.journal, "w", encoding="utf-8")
+        except OSError as e:
+            raise write_error(getattr(e, "filename", None) or self.output.parent, e) from None
         return self
 
     def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        self._file.flush()
-        self.rows_written += 1
-        self._unsynced += 1
-        if self._unsynced >= self._sync_rows or time.monotonic() - self._last_sync >= self._sync_seconds:
-            self.sync()
+        try:
+            self._file.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            self._file.flush()
+            self._unsynced += 1
+            if self._unsynced >= self._sync_rows or time.monotonic() - self._last_sync >= self._sync_seconds:
+                self.sync()
+        except OSError as e:
+            self._broken = True  # what is buffered cannot be written: the rows before it are on disk
+            raise write_error(self.journal, e) from None
 
     def sync(self) -> None:
         if self._file is None or not self._unsynced:
@@ -81,13 +93,41 @@ class ResultWriter:
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        """Merge this run's rows into the Parquet output, then drop the journal."""
+        """Merge this run's rows into the Parquet output, then drop the journal (kept if anything fails)."""
         if self._file is None:
             return
-        self.sync()
-        self._file.close()
-        self._file = None
-        merge_journal(self.output, self.journal)
+        file, self._file = self._file, None
+        try:
+            if not self._broken:
+                file.flush()
+                os.fsync(file.fileno())
+            file.close()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                file.close()
+            self._broken = True
+            error = write_error(self.journal, e)
+        else:
+            error = None
+        try:
+            merge_journal(self.output, self.journal)
+        except OSError as e:
+            raise write_error(getattr(e, "filename", None) or self.output, e, "merge the journal into") from None
+        if error is not None:
+            raise error
+
+
+def _probe_free_space(output: Path, size: int = 256 * 1024) -> None:
+    """Write, fsync and remove a small file beside the output: a full disk or a read-only folder shows before any request."""
+    probe = output.with_name(f".{output.name}.{os.getpid()}.probe.tmp")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * size)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 def merge_journal(output: Path, journal: Path) -> int:

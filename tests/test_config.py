@@ -96,3 +96,19 @@ def test_shipped_job_files_load():
 
 def test_secret_repr():
     assert "abc" not in repr(Secret("abc")) and Secret("abc").reveal() == "abc"
+
+
+@pytest.mark.parametrize("value", ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t", "AIzaSyD-abcdefghijklmnopqrstuvwx", "gsk_1234567890abcdefABCDEF"])
+def test_a_key_pasted_into_api_key_env_is_refused_without_being_echoed(value):
+    with pytest.raises(ConfigError) as info:
+        load_config({"manifest": "m.csv", "api_key_env": value}, environ={})
+    assert value not in str(info.value) and value[:12] not in str(info.value)
+    assert "NAME of an environment variable" in str(info.value)
+
+
+def test_a_key_is_masked_whole_and_by_any_long_piece():
+    key = Secret("sk-0123456789abcdefghijklmnopqrstuv")
+    text = "page quoted 'Bearer sk-0123456789abcdefghij' cut mid-key, and ...klmnopqrstuv at the end"
+    masked = key.mask(text)
+    assert "0123456789ab" not in masked and "klmnopqrstuv" not in masked
+    assert key.mask("nothing secret here") == "nothing secret here"
