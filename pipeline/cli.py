@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rpm", type=int, metavar="N", help="requests per minute the provider allows; paced just under it (default: found from 429s and limit headers)")
     c.add_argument("--tpm", type=int, metavar="N", help="tokens per minute the provider allows, counted from an estimate before sending (default: found adaptively)")
     c.add_argument("--max-cost", type=float, metavar="USD", help="stop (resumably, exit 4) before spending more than this, counting requests in flight")
-    c.add_argument("--prices", metavar="FILE", help="TOML of USD per million tokens per model (default jobs/prices.toml)")
+    c.add_argument("--prices", metavar="FILE", help="TOML of USD per million tokens per model (default: the copy shipped in pipeline/defaults/prices.toml)")
     c.add_argument("--max-retries", type=int, metavar="N", help=f"retries per image after a transient failure (default {D.max_retries})")
     c.add_argument("--timeout", type=float, metavar="SECONDS", help=f"give up on one attempt after this long (default {D.timeout:g})")
     c.add_argument("--limit", type=int, metavar="N", help="process only the first N manifest rows")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .defaults import default_file
 from .errors import ConfigError
 from .secret import MIN_SECRET_LENGTH, Secret, looks_like_a_key  # noqa: F401 (re-exported)
 
@@ -21,8 +22,8 @@ FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
 
 # Options that an environment variable may set.
 ENVIRONMENT = {"base_url": "CAPTION_BASE_URL", "model": "CAPTION_MODEL"}
-# The prices file users edit; the repo's copy unless a job file or --prices names another.
-DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "jobs" / "prices.toml"
+# The prices shipped with the package, unless a job file or --prices names another (a copy with your contract's prices).
+DEFAULT_PRICES = default_file("prices.toml")
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from .defaults import default_file
 from .report import default_html_path, write_report
 
-DEMO_JOB = Path("jobs/demo.toml")
+DEMO_JOB = default_file("demo.toml")
 SIMULATOR_ARGS = ["--latency", "0.3", "--jitter", "0.2", "--rate-429", "0.15", "--rate-5xx", "0.05", "--retry-after", "0.5", "--seed", "7"]
 
 

@@ -29,8 +29,8 @@ def test_price_arithmetic(price, prompt, completion, cached, expected):
 
 
 def test_prices_file(tmp_path):
-    assert load_price(ROOT / "jobs" / "prices.toml", "claude-sonnet-4-20250514") == Price(3.0, 15.0, 0.3)
-    assert load_price(ROOT / "jobs" / "prices.toml", "no-such-model") is None
+    assert load_price(ROOT / "pipeline" / "defaults" / "prices.toml", "claude-sonnet-4-20250514") == Price(3.0, 15.0, 0.3)
+    assert load_price(ROOT / "pipeline" / "defaults" / "prices.toml", "no-such-model") is None
     assert load_price(tmp_path / "missing.toml", "m") is None
     bad = tmp_path / "bad.toml"
     bad.write_text('[models."m"]\ninput = "cheap"\noutput = 1\n')
