@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--fetch-remote", action="store_true", default=None, help="download http(s) images and send them inline, prepared like local files")
     c.add_argument("--allow-private-urls", action="store_true", default=None, help="let --fetch-remote reach loopback, private and link-local addresses")
     c.add_argument("--image-detail", choices=("low", "high", "auto"), help="image detail for OpenAI-style models (default: not sent)")
+    c.add_argument("--image-formats", metavar="LIST",
+                   help="image types the provider takes as they are, e.g. jpeg,png,webp; others are converted "
+                   "(default auto: no GIF for Ollama and Gemini, by --base-url and --model)")
     c.add_argument("--stream", action="store_true", default=None, help="ask for a streamed answer (stream: true, with usage in the last chunk)")
     c.add_argument("--stall-timeout", type=float, metavar="SECONDS", help=f"with --stream, longest silence between chunks (default {D.stall_timeout:g})")
     c.add_argument(
@@ -135,7 +138,7 @@ def _caption(args: argparse.Namespace) -> int:
         for name in ("manifest", "output", "base_url", "model", "api_key_env", "prompt", "system", "max_tokens",
                      "temperature", "concurrency", "rpm", "tpm", "max_cost", "prices", "max_retries", "timeout", "limit", "dry_run", "redo", "retry_errors",
                      "grace", "max_consecutive_failures", "log_format", "max_image_side", "max_image_bytes", "fetch_remote",
-                     "allow_private_urls", "image_detail", "stream", "stall_timeout", "max_tokens_field")
+                     "allow_private_urls", "image_detail", "image_formats", "stream", "stall_timeout", "max_tokens_field")
     }
     config = load_config(flags, job_file=args.job)
     if config.api_key:

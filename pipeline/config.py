@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from .defaults import default_file
 from .errors import ConfigError
+from .providers import check_formats
 from .secret import MIN_SECRET_LENGTH, Secret, looks_like_a_key  # noqa: F401 (re-exported)
 
 DEFAULT_API_KEY_ENV = "ANYFAST_API_KEY"
@@ -57,6 +58,7 @@ class JobConfig:
     fetch_remote: bool = False  # download http(s) images and send them inline
     allow_private_urls: bool = False  # let --fetch-remote reach loopback/private/link-local addresses
     image_detail: str | None = None  # "low" | "high" | "auto", for OpenAI-style models
+    image_formats: str = "auto"  # image types sent as they are ("jpeg,png,webp"); auto: by provider (providers.py)
     # Provider compatibility
     stream: bool = False
     stall_timeout: float = 60.0  # longest silence between two chunks of a stream
@@ -184,6 +186,10 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
     for name, allowed in (("image_detail", (None, "low", "high", "auto")), ("max_tokens_field", (None, "auto", "max_tokens", "max_completion_tokens"))):
         if out.get(name) not in allowed:
             raise ConfigError(f"{name.replace('_', '-')} must be one of {', '.join(a for a in allowed if a)}, got {out[name]!r}")
+    if out.get("image_formats") is not None:
+        problem = check_formats(out["image_formats"]) if isinstance(out["image_formats"], str) else "image-formats must be text"
+        if problem:
+            raise ConfigError(problem)
     for name in ("extra_body", "extra_headers"):
         if out.get(name) is not None and not isinstance(out[name], dict):
             raise ConfigError(f"{name} must be a table in the job file, e.g. [{name}]")

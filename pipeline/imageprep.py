@@ -56,6 +56,9 @@ _SHRINK_STEP = 0.75
 _MAX_SHRINKS = 12  # 0.75**12 is about 3%: a 1568 px edge ends near 50 px
 
 
+_ALL_SENDABLE = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+
+
 def prepare_image(
     data: bytes,
     mime: str,
@@ -63,14 +66,20 @@ def prepare_image(
     max_side: int = 1568,
     max_bytes: int = 5 * 1024 * 1024,
     max_pixels: int = 100_000_000,
+    accepted: frozenset[str] = _ALL_SENDABLE,
 ) -> PreparedBytes:
-    """`data` as a provider will take it; `max_bytes` bounds the base64 text, not the raw bytes."""
+    """`data` as a provider will take it; `max_bytes` bounds the base64 text, not the raw bytes.
+
+    `accepted`: the MIME types the provider takes as they are (providers.accepted_image_formats).
+    """
     pillow_format = _PILLOW_FORMATS.get(mime)
     try:
         with Image.open(BytesIO(data), formats=[pillow_format] if pillow_format else None) as img:
             width, height = img.size
             _check_pixels(width, height, max_pixels)
-            if _sendable_as_is(img, len(data), max_side, max_bytes):
+            if not ends_whole(data, mime):
+                img.load()  # no end marker: decode to be sure (a truncated file raises here, before any request)
+            if mime in accepted and _sendable_as_is(img, len(data), max_side, max_bytes):
                 return PreparedBytes(data, mime, width, height, width, height, changed=False)
             fixed = _decode_upright_rgb(img, max_side)
     except Image.DecompressionBombError as exc:
@@ -84,6 +93,25 @@ def prepare_image(
     out_format = "PNG" if fixed.mode == "RGBA" else "JPEG"
     fixed, encoded = _encode_to_fit(fixed, out_format, max_bytes)
     return PreparedBytes(encoded, f"image/{out_format.lower()}", *fixed.size, width, height, changed=True)
+
+
+def ends_whole(data: bytes, mime: str) -> bool:
+    """Whether the file ends as its format says a whole file ends: microseconds, no decode.
+
+    JPEG: an EOI marker (FF D9) near the end (it cannot occur inside entropy-coded data);
+    PNG: the IEND chunk; GIF: its 0x3B trailer; WebP: the RIFF size matches. False means
+    "decode to be sure", not "broken": a phone may append a video after a JPEG's EOI.
+    """
+    tail = data[-1024:]
+    if mime == "image/jpeg":
+        return b"\xff\xd9" in tail
+    if mime == "image/png":
+        return b"IEND\xaeB`\x82" in tail[-64:]
+    if mime == "image/gif":
+        return tail.rstrip(b"\0").endswith(b";")
+    if mime == "image/webp":
+        return len(data) >= 12 and int.from_bytes(data[4:8], "little") + 8 <= len(data)
+    return True  # BMP and TIFF are decoded anyway: providers take neither as it is
 
 
 def _name(mime: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import dataclasses
 import hashlib
 import os
 
@@ -21,6 +22,7 @@ import aiohttp
 from .errors import ImageEmptyError, ImageError, ImageMissingError, ImageUnreadableError, NotAnImageError
 from .fetch import fetch_image
 from .imageprep import prepare_image
+from .providers import ALL_FORMATS
 from .records import ManifestRow, PreparedImage
 
 _KNOWN = "JPEG/PNG/GIF/WebP/BMP/TIFF"
@@ -53,9 +55,11 @@ class ImageLoader:
         max_bytes: int = 5 * 1024 * 1024,
         fetch_session: aiohttp.ClientSession | None = None,
         fetch_timeout: float = 30.0,
+        accepted: frozenset[str] = ALL_FORMATS,
     ):
         self.max_side = max_side
         self.max_bytes = max_bytes
+        self.accepted = accepted  # image types the provider takes as they are; others are converted
         self._fetch_session = fetch_session
         self._fetch_timeout = fetch_timeout
 
@@ -72,7 +76,8 @@ class ImageLoader:
         return await asyncio.to_thread(self._read_and_prepare, os.path.abspath(row.source))
 
     def _read_and_prepare(self, path: str) -> PreparedImage:
-        return self._prepare(path, _read(path))
+        data, stat = _read(path)
+        return dataclasses.replace(self._prepare(path, data), file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns)
 
     def _prepare(self, where: str, data: bytes) -> PreparedImage:
         """The CPU-bound part, run in a worker thread: sniff, prepare, hash, encode."""
@@ -82,7 +87,7 @@ class ImageLoader:
         if mime is None:
             raise NotAnImageError(f"{where} is not an image ({_describe(data)}, not {_KNOWN})")
         try:
-            prepared = prepare_image(data, mime, max_side=self.max_side, max_bytes=self.max_bytes)
+            prepared = prepare_image(data, mime, max_side=self.max_side, max_bytes=self.max_bytes, accepted=self.accepted)
         except ImageError as e:
             raise type(e)(f"{where}: {e}") from e
         return PreparedImage(
@@ -102,10 +107,10 @@ async def load_image(row: ManifestRow) -> PreparedImage:
     return await ImageLoader().load(row)
 
 
-def _read(path: str) -> bytes:
+def _read(path: str) -> tuple[bytes, os.stat_result]:
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(), os.fstat(f.fileno())
     except FileNotFoundError as exc:
         raise ImageMissingError(f"image file not found: {path}") from exc
     except IsADirectoryError as exc:

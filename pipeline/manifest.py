@@ -79,10 +79,10 @@ class Manifest:
             self._counted = self._count()
         return self._counted
 
-    def rows(self, skip: Callable[[str, str | None], bool] | None = None) -> Iterator[ManifestRow]:
+    def rows(self, skip: Callable[[str, str | None, str], bool] | None = None) -> Iterator[ManifestRow]:
         """Stream the rows once; each call starts a fresh `stats`.
 
-        A row for which `skip(id, prompt)` is true is checked and counted but not
+        A row for which `skip(id, prompt, source)` is true is checked and counted but not
         yielded. It is asked before the row is built: a resumed run skips most rows.
         """
         self.stats = stats = ManifestStats()
@@ -93,7 +93,7 @@ class Manifest:
                 continue
             stats.rows += 1
             stats.problems += problem is not None
-            if skip is not None and skip(row_id, prompt):
+            if skip is not None and skip(row_id, prompt, source):
                 continue
             yield ManifestRow(line, row_id, image, source, prompt, _extra(record), problem)
 

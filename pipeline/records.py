@@ -39,6 +39,8 @@ class PreparedImage:
     height: int | None = None
     original_width: int | None = None  # size of the file as found
     original_height: int | None = None
+    file_size: int | None = None  # of a local file as read, and its modification time: a rerun re-captions a changed file
+    file_mtime_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,8 @@ OUTPUT_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("original_width", pa.int32()),  # size of the image as found
         ("original_height", pa.int32()),
+        ("file_size", pa.int64()),  # a local image's size and modification time when it was read (the change check)
+        ("file_mtime_ns", pa.int64()),
     ]
 )
 OUTPUT_COLUMNS = frozenset(OUTPUT_SCHEMA.names)
@@ -123,6 +125,8 @@ def _image_columns(image: PreparedImage) -> dict[str, Any]:
         "height": image.height,
         "original_width": image.original_width,
         "original_height": image.original_height,
+        "file_size": image.file_size,
+        "file_mtime_ns": image.file_mtime_ns,
     }
 
 

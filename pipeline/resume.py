@@ -3,13 +3,16 @@
 A row is done when the output has an ok row for its id made with the same
 fingerprint (model, prompt, system, max_tokens, temperature, and the image
 and request settings that change what is sent). Change any of those and the row is captioned again.
-Finding what is left reads only three columns of the output, never an image.
+A local image's row also records the file's size and modification time: a file replaced since
+is captioned again (rsync's quick check: one stat per row, no read).
+Finding what is left reads only those columns of the output, never an image.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -23,6 +26,11 @@ from .errors import ConfigError
 from .hashedset import HashedSet
 from .writer import journal_path, read_journal
 
+INDEX_COLUMNS = ("id", "status", "fingerprint", "file_size", "file_mtime_ns")
+_INDEX_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("fingerprint", pa.string()),
+                           ("file_size", pa.int64()), ("file_mtime_ns", pa.int64())])
+
+
 def fingerprinter(config: JobConfig) -> Callable[[str], str]:
     """prompt -> fingerprint, for this job's settings (cached: most rows share one prompt)."""
     settings = {
@@ -34,7 +42,7 @@ def fingerprinter(config: JobConfig) -> Callable[[str], str]:
     # A setting added later goes in only when it differs from its default, so
     # that existing outputs keep their fingerprints when the code grows.
     defaults = JobConfig()
-    for name in ("max_image_side", "max_image_bytes", "image_detail", "fetch_remote", "extra_body"):
+    for name in ("max_image_side", "max_image_bytes", "image_detail", "fetch_remote", "extra_body", "image_formats"):
         if getattr(config, name) != getattr(defaults, name):
             settings[name] = getattr(config, name)
 
@@ -50,7 +58,8 @@ class ResumeIndex:
     """What the output holds, read with pyarrow a batch at a time and kept as hashes (see HashedSet)."""
 
     def __init__(self, retry_errors: bool = True, expected: int = 0):
-        self._ok = HashedSet(expected)  # (id, fingerprint) of the ok rows
+        self._ok = HashedSet(expected)  # (id, fingerprint) of the ok rows with no file stat (URLs, older outputs)
+        self._ok_files = HashedSet(expected)  # (id, fingerprint, size, mtime_ns) of the ok rows of local files
         self._failed = None if retry_errors else HashedSet()  # ids of the error rows, skipped only with retry_errors off
         self.rows_in_output = 0
 
@@ -61,16 +70,15 @@ class ResumeIndex:
         index = cls(retry_errors, expected=parquet.metadata.num_rows if parquet is not None else 0)
         if parquet is not None:
             try:
-                columns = [c for c in ("id", "status", "fingerprint") if c in parquet.schema_arrow.names]
+                columns = [c for c in INDEX_COLUMNS if c in parquet.schema_arrow.names]
                 for batch in parquet.iter_batches(batch_size=65_536, columns=columns):
                     index._add_batch(pa.Table.from_batches([batch]))
             except (OSError, ValueError, KeyError) as e:
                 raise _not_our_output(output, e) from None
         journal = journal_path(output)
         if journal.exists():
-            rows = [(r.get("id"), r.get("status"), r.get("fingerprint")) for r in read_journal(journal)]
-            index._add_batch(pa.table({name: [r[i] for r in rows] for i, name in enumerate(("id", "status", "fingerprint"))},
-                                      schema=pa.schema([("id", pa.string()), ("status", pa.string()), ("fingerprint", pa.string())])))
+            rows = [tuple(r.get(name) for name in INDEX_COLUMNS) for r in read_journal(journal)]
+            index._add_batch(pa.table({name: [r[i] for r in rows] for i, name in enumerate(INDEX_COLUMNS)}, schema=_INDEX_SCHEMA))
         return index
 
     def _add_batch(self, table: pa.Table) -> None:
@@ -80,13 +88,26 @@ class ResumeIndex:
         ok = pc.match_like(table.column("status"), "ok")
         if "fingerprint" in table.column_names:
             done = table.filter(pc.and_(ok, pc.is_valid(table.column("fingerprint"))))
+            if "file_mtime_ns" in done.column_names:
+                stat = pc.and_(pc.is_valid(done.column("file_size")), pc.is_valid(done.column("file_mtime_ns")))
+                files = done.filter(stat)
+                self._ok_files.update(zip(*(files.column(c).to_pylist() for c in INDEX_COLUMNS if c != "status")))
+                done = done.filter(pc.invert(stat))
             self._ok.update(zip(done.column("id").to_pylist(), done.column("fingerprint").to_pylist()))
         if self._failed is not None:
             not_ok = pc.or_kleene(pc.invert(ok), pc.is_null(ok))  # not pc.fill_null(ok, False), for the same reason
             self._failed.update(table.filter(not_ok).column("id").to_pylist())
 
-    def is_done(self, row_id: str, fingerprint: str) -> bool:
-        return (row_id, fingerprint) in self._ok or (self._failed is not None and row_id in self._failed)
+    def is_done(self, row_id: str, fingerprint: str, source: str | None = None) -> bool:
+        if (row_id, fingerprint) in self._ok or (self._failed is not None and row_id in self._failed):
+            return True
+        if not self._ok_files or source is None or source.startswith(("http://", "https://")):
+            return False
+        try:
+            stat = os.stat(source)
+        except OSError:
+            return False  # gone: the row is tried again, and says so
+        return (row_id, fingerprint, stat.st_size, stat.st_mtime_ns) in self._ok_files
 
 
 def _open_output(output: Path) -> pq.ParquetFile:

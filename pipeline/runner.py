@@ -52,6 +52,7 @@ from .lock import OutputLock
 from .manifest import Manifest, open_manifest
 from .pool import StopRequest, run_pool, signals_to
 from .progress import Counters, Progress
+from .providers import accepted_image_formats
 from .ratelimit import RateLimiter, estimate_tokens, provider_family
 from .records import ManifestRow, PreparedImage
 from .request import build_chat_request, encode_chat_request
@@ -159,20 +160,20 @@ async def _run(config: JobConfig, started_at: float) -> RunSummary:
 @asynccontextmanager
 async def _image_loader(config: JobConfig) -> AsyncIterator[ImageLoader]:
     """The job's image settings, with a guarded download session when --fetch-remote is on."""
+    settings = {"max_side": config.max_image_side, "max_bytes": config.max_image_bytes,
+                "accepted": accepted_image_formats(config.image_formats, config.base_url, config.model)}
     if not config.fetch_remote:
-        yield ImageLoader(max_side=config.max_image_side, max_bytes=config.max_image_bytes)
+        yield ImageLoader(**settings)
         return
     async with make_fetch_session(allow_private=config.allow_private_urls) as fetch_session:
-        yield ImageLoader(
-            max_side=config.max_image_side, max_bytes=config.max_image_bytes, fetch_session=fetch_session, fetch_timeout=config.timeout
-        )
+        yield ImageLoader(**settings, fetch_session=fetch_session, fetch_timeout=config.timeout)
 
 
 def _rows_to_do(config: JobConfig, manifest: Manifest, index: ResumeIndex, counters: Counters) -> Iterator[ManifestRow]:
     fingerprint = fingerprinter(config)
 
-    def done(row_id: str, prompt: str | None) -> bool:
-        if index.is_done(row_id, fingerprint(prompt or config.prompt)):
+    def done(row_id: str, prompt: str | None, source: str) -> bool:
+        if index.is_done(row_id, fingerprint(prompt or config.prompt), source):
             counters.skipped += 1
             return True
         return False

@@ -108,6 +108,7 @@ class SimulatorSettings:
     retry_after_form: str = "seconds"  # one of RETRY_AFTER_FORMS
     fault_script: list[str] = field(default_factory=list)
     stream_style: str = "lf"  # one of STREAM_STYLES
+    refuse_formats: str = ""  # e.g. "gif": data URLs of these types get Ollama's 400 "invalid image input"
     header_style: str = "plain"  # one of HEADER_STYLES: "litellm" renames retry and limit headers as that gateway does
     api_key: str | None = field(default=None, repr=False)  # None: any bearer token
     model: str | None = None  # what GET /v1/models lists
@@ -350,6 +351,9 @@ class Simulator:
             return self._bad_request(BadRequest("We could not parse the JSON body of your request.", "invalid_json"), headers)
         self.stats.bodies.append({**chat.summary, "headers": recorded_headers(request.headers)})
 
+        refused = {f"data:image/{kind.strip()};" for kind in settings.refuse_formats.split(",") if kind.strip()}
+        if refused and chat.image_url.startswith(tuple(refused)):
+            return self._bad_request(BadRequest("invalid image input", "invalid_image"), headers)
         seen = None
         if limits.on:  # the token count needs the image's size, so look at it before the limiter
             try:
@@ -699,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stream-style", choices=STREAM_STYLES, default=default.stream_style,
         help="how streamed answers are written: line ends lf, crlf or cr; keepalive comments; multiline data; "
         "fragmented writes; no_done omits [DONE] (default: %(default)s)")
+    add("--refuse-formats", default=default.refuse_formats, metavar="LIST",
+        help="image types refused with Ollama's 400 'invalid image input', e.g. gif (default: none)")
     add("--header-style", choices=HEADER_STYLES, default=default.header_style,
         help="plain, or litellm: retry and rate-limit headers renamed llm_provider-*, as LiteLLM's proxy passes them (default: %(default)s)")
     add("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")

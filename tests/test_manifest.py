@@ -224,7 +224,7 @@ def test_skipped_rows_are_counted_but_not_yielded(tmp_path):
     path = write(tmp_path / "m.csv", "id,image,prompt\na,a.jpg,P\nb,b.jpg,\nc,,P\na,a2.jpg,\nd,d.jpg,\n")
     asked = []
 
-    def skip(row_id, prompt):
+    def skip(row_id, prompt, source):
         asked.append((row_id, prompt))
         return row_id in ("a", "c")
 

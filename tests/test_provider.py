@@ -167,3 +167,36 @@ def test_the_spliced_body_is_exactly_what_json_dumps_would_send(url):
     config = JobConfig(system="Be brief.", extra_body={"top_p": 0.5})
     prompt = 'Describe "this" – image-slot-0 \\ ok'
     assert json.loads(encode_chat_request(config, prompt, url)) == build_chat_request(config, prompt, url)
+
+
+def test_a_truncated_jpeg_is_caught_locally_and_costs_no_request(simulator, tmp_path):
+    whole = noisy_jpeg(tmp_path / "whole.jpg", (200, 150)).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    (tmp_path / "padded.jpg").write_bytes(whole + b"\0" * 4096)  # data after the end marker, as some phones write
+    summary, rows = run(simulator, manifest_of(tmp_path, "cut.jpg", "padded.jpg"), tmp_path)
+    assert rows["cut.jpg"]["error_type"] == "image_unreadable" and "truncated" in rows["cut.jpg"]["error"]
+    assert rows["cut.jpg"]["attempts"] == 0
+    assert rows["padded.jpg"]["status"] == "ok"
+    assert simulator.stats()["requests"] == 1
+
+
+def test_a_gif_is_converted_for_a_provider_that_refuses_gifs(simulator, tmp_path):
+    simulator.configure(refuse_formats="gif")
+    Image.new("P", (60, 40), 3).save(tmp_path / "a.gif")
+    summary, rows = run(simulator, manifest_of(tmp_path, "a.gif"), tmp_path / "sent-as-is")
+    assert rows["a.gif"]["error_type"] == "bad_request" and "invalid image input" in rows["a.gif"]["error"]
+    summary, rows = run(simulator, manifest_of(tmp_path, "a.gif"), tmp_path, image_formats="jpeg,png,webp")
+    assert rows["a.gif"]["status"] == "ok" and (rows["a.gif"]["width"], rows["a.gif"]["height"]) == (60, 40)
+
+
+@pytest.mark.parametrize("base_url, model, gif", [
+    ("http://localhost:11434/v1", "llava", False),  # Ollama
+    ("https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.5-flash", False),
+    ("https://openrouter.ai/api/v1", "google/gemini-2.5-pro", False),
+    ("https://api.openai.com/v1", "gpt-4o", True),
+    ("https://www.anyfast.ai/v1", "claude-sonnet-4-20250514", True),
+])
+def test_which_providers_take_gifs(base_url, model, gif):
+    from pipeline.providers import accepted_image_formats
+
+    assert ("image/gif" in accepted_image_formats("auto", base_url, model)) is gif

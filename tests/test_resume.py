@@ -96,3 +96,29 @@ def test_lock_names_the_holder_and_is_released(tmp_path):
 def test_the_default_fingerprint_never_changes():
     # Outputs written by earlier versions must keep resuming: a change here re-captions (and re-bills) every row.
     assert fingerprinter(JobConfig())("p") == "99a3d53d72675832"
+
+
+def test_a_replaced_image_is_captioned_again_and_an_untouched_one_is_not(simulator, tmp_path):
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from pipeline import load_config, run_job
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, colour in (("a.png", (200, 10, 10)), ("b.png", (10, 200, 10))):
+        Image.new("RGB", (40, 30), colour).save(folder / name)
+    config = load_config({"manifest": folder, "output": tmp_path / "out.parquet", "base_url": simulator.base_url},
+                         environ={"ANYFAST_API_KEY": "sk-resume-test-123"})
+    assert run_job(config).ok == 2
+    first = {r["id"]: r for r in pq.read_table(config.output).to_pylist()}
+    assert first["a.png"]["file_size"] == (folder / "a.png").stat().st_size
+    assert run_job(config).rows == 0  # nothing changed: nothing sent
+
+    Image.new("RGB", (80, 20), (10, 10, 200)).save(folder / "a.png")  # another photo under the same name
+    simulator.reset()
+    summary = run_job(config)
+    assert (summary.rows, summary.skipped, simulator.stats()["requests"]) == (1, 1, 1)
+    rows = {r["id"]: r for r in pq.read_table(config.output).to_pylist()}
+    assert "80×20" in rows["a.png"]["caption"] and rows["a.png"]["caption"] != first["a.png"]["caption"]
+    assert rows["b.png"]["caption"] == first["b.png"]["caption"]
