@@ -223,6 +223,7 @@ class SimulatorStats:
         self.rate_limited = 0  # 429s from rpm_limit / tpm_limit (not counted in faults)
         self.images: dict[str, dict[str, int]] = {}  # image_key -> {"requests", "ok"}
         self.bodies: deque[dict[str, Any]] = deque(maxlen=_KEPT_BODIES)
+        self.connections: set[int] = set()  # the TCP connections chat requests came on (a client that reuses them shows few)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -234,6 +235,7 @@ class SimulatorStats:
             "rate_limited": self.rate_limited,
             "images": {key: dict(counts) for key, counts in self.images.items()},
             "bodies": list(self.bodies),
+            "connections": len(self.connections),
         }
 
 
@@ -315,6 +317,7 @@ class Simulator:
         stats = self.stats
         self._next_id += 1
         stats.requests += 1
+        stats.connections.add(id(request.transport))
         stats.in_flight += 1
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         try:

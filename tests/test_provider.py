@@ -200,3 +200,15 @@ def test_which_providers_take_gifs(base_url, model, gif):
     from pipeline.providers import accepted_image_formats
 
     assert ("image/gif" in accepted_image_formats("auto", base_url, model)) is gif
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_connections_are_reused_streamed_or_not(simulator, tmp_path, stream):
+    from helpers import make_images
+
+    images = make_images(tmp_path / "img", 40)
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("".join(f"img/{p.name}\n" for p in images))
+    summary, rows = run(simulator, manifest, tmp_path, concurrency=4, stream=stream)
+    assert summary.ok == 40
+    assert simulator.stats()["connections"] <= 5  # 4 workers: a stream left before its end would cost one each
