@@ -127,6 +127,8 @@ class ChatClient:
             retry_after = retry_delay_from_body(payload)
         cls = status_error_class(status, code, message)
         hint = _QUOTA_HINT if cls is QuotaExhaustedError else _HINTS.get(status)
+        if code == "no_db_connection":
+            hint = "a LiteLLM proxy without a database takes only its master key: check the key in --api-key-env's variable"
         if status in (429, 503) and retry_after is not None and retry_after > LONG_WAIT:
             cls = LongWaitError
             hint = (f"the provider asked to wait {_duration(retry_after)} (a daily or monthly quota, most likely): "

@@ -234,6 +234,8 @@ def status_error_class(status: int, code: str | None = None, message: str = "") 
         return ImageURLTimeoutError
     if status in (401, 403):
         return AuthenticationError
+    if status == 400 and code == "no_db_connection":  # LiteLLM's proxy without a database: not its master key
+        return AuthenticationError
     if status == 402:
         return PaymentRequiredError
     if status == 404:

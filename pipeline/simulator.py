@@ -68,7 +68,7 @@ DEFAULT_MODEL = "claude-sonnet-4-20250514"
 RETRY_AFTER_FORMS = ("seconds", "http-date", "ms", "none")
 DECODE_MODES = ("full", "header")
 MALFORMED_VARIANTS = ("not_json", "error_object", "no_choices", "null_content")
-NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed", "quota", "url_timeout", "gemini_429", "echo_key", *STREAM_FAULTS, *ANSWER_FAULTS} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
+NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed", "quota", "url_timeout", "gemini_429", "echo_key", "huge", *STREAM_FAULTS, *ANSWER_FAULTS} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
 _MAX_BODY_BYTES = 50 * 1024 * 1024  # providers cap a request at tens of MB too
 _KEPT_BODIES = 1000
 
@@ -494,6 +494,15 @@ class Simulator:
                     f"request was: POST /v1/chat/completions Authorization: {request.headers.get('Authorization', '')} "
                     "Content-Type: application/json</p></body></html>")
             return web.Response(text=page, status=502, content_type="text/html", headers=headers)
+        if fault == "huge":  # a broken endpoint that never stops talking: 12 MB, chunked, no Content-Length
+            response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+            await response.prepare(request)
+            await response.write(b'{"choices": [{"message": {"content": "')
+            for _ in range(12):
+                await response.write(b"x" * (1024 * 1024))
+            await response.write(b'"}}]}')
+            await response.write_eof()
+            return response
         if fault == "gemini_429":  # a JSON list, the wait only in the body's RetryInfo
             return web.json_response(gemini_429_body(self.settings.retry_after), status=429, headers=headers)
         if fault == "quota":  # OpenAI's 429 for an account out of credit: retrying does not help

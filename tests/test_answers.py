@@ -146,3 +146,13 @@ def test_failure_watch(errors, aborts_at):
             assert n == aborts_at
             return
     assert aborts_at is None
+
+
+def test_an_answer_bigger_than_any_caption_is_a_bad_response_read_in_bounded_memory(simulator, tmp_path):
+    simulator.configure(fault_script=["huge", "ok"], retry_after=0)
+    summary, [row] = run(simulator, tmp_path)
+    assert (row["status"], row["attempts"]) == ("ok", 2)  # the 12 MB answer was refused, then retried
+    simulator.configure(fault_script=["huge"] * 3)
+    simulator.reset()
+    summary, [row] = run(simulator, tmp_path / "b", max_retries=1)
+    assert row["error_type"] == "bad_response" and "larger than" in row["error"]
