@@ -263,7 +263,7 @@ def rate_limited(ctx: Context) -> list[Result]:
     rpm, n = (120, 150) if ctx.quick else (600, 1_200)
     manifest = data.tiny_manifest(n, of=10_000)
     from pipeline.config import JobConfig
-    from pipeline.simulator_vision import count_usage
+    from pipeline.simulator.vision import count_usage
 
     prompt = JobConfig().prompt
     per_request = count_usage(data.TINY_SIDE, data.TINY_SIDE, [prompt], "")["prompt_tokens"] + MODEL_MAX_TOKENS

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from .defaults import default_file
 from .errors import ConfigError
 from .providers import check_formats
-from .secret import MIN_SECRET_LENGTH, Secret, looks_like_a_key  # noqa: F401 (re-exported)
+from .secret import Secret, looks_like_a_key
 
 DEFAULT_API_KEY_ENV = "ANYFAST_API_KEY"
 FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"

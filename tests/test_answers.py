@@ -10,7 +10,7 @@ from pipeline import load_config, run_job
 from pipeline.errors import APIStatusError, QuotaExhaustedError, RunAborted, ServerError, status_error_class
 from pipeline.failures import FailureWatch
 from pipeline.response import parse_error_body
-from pipeline.simulator_dialects import REFUSAL, THINKING
+from pipeline.simulator.dialects import REFUSAL, THINKING
 
 KEY = "sk-answers-Zq8wX2vB7nM4kL9pR3tY6uH1"
 

@@ -5,7 +5,7 @@ from PIL import Image
 
 from pipeline import load_config, run_job
 from pipeline.config import JobConfig
-from pipeline.simulator_vision import count_usage
+from pipeline.simulator.vision import count_usage
 
 
 def job(simulator, tmp_path, n, **flags):

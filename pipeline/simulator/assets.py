@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Mapping
 from aiohttp import web
 from PIL import Image
 
-from pipeline.simulator_vision import PALETTE
+from pipeline.simulator.vision import PALETTE
 
 MAX_PIXELS = 50_000_000
 FORMATS: dict[str, tuple[str, str]] = {  # extension -> (Pillow format, content type)

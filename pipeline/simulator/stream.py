@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 from typing import Any
 
 from aiohttp import web
 
-from pipeline.simulator_dialects import DIALECT_STREAM_FAULTS, content_deltas
+from pipeline.simulator.dialects import DIALECT_STREAM_FAULTS, content_deltas
 
 STREAM_STYLES = ("lf", "crlf", "cr", "keepalive", "multiline", "fragmented", "no_done")
 STREAM_FAULTS = ("stream_error", "stream_error_vllm", "truncated", "stall", *DIALECT_STREAM_FAULTS)

@@ -25,13 +25,13 @@ from PIL import Image
 
 from pipeline.errors import APIError, APIResponseError, APITimeoutError, BadRequestError, ServerError
 from pipeline.simulator import SimulatorSettings, build_parser, count_usage, image_key, retry_after_headers, serve_in_thread
-from pipeline.simulator_assets import generated_colour
-from pipeline.simulator_limits import Limits, SlidingWindow, format_duration
+from pipeline.simulator.assets import generated_colour
+from pipeline.simulator.limits import Limits, SlidingWindow, format_duration
 from pipeline.sse import read_completion
 
 PROMPT = "Describe this image in one sentence."
 SYSTEM = "You write alt text."
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def image_bytes(color, size, fmt="PNG"):

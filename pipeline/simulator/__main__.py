@@ -1,0 +1,7 @@
+"""`python -m pipeline.simulator` (the same as `pipeline simulate`)."""
+
+import sys
+
+from pipeline.simulator.running import main
+
+sys.exit(main())

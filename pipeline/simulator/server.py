@@ -1,0 +1,367 @@
+"""The simulator's server: one aiohttp app answering chat completions like a provider, and misbehaving on demand.
+
+It answers like a provider (bearer auth, 400s for bad requests and undecodable
+images, usage counted the provider's way, SSE streaming) and misbehaves like
+one on demand: 429/5xx with Retry-After in its several spellings, dropped
+connections, requests that never finish, 200s whose body is useless, and
+streams that carry an error, break off or stall. Faults come from seeded random
+rates, or from `fault_script`, which replays an exact sequence per image: the
+Nth request carrying an image gets the Nth entry. It enforces rate limits the
+way a provider does (limits.py), plays real providers' dialects (dialects.py),
+and serves test images (assets.py). It listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import math
+import random
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from pipeline.simulator.answers import (
+    bad_request_response,
+    completion_body,
+    drop_connection,
+    error_body,
+    image_key,
+    malformed_body,
+    retry_after_headers,
+)
+from pipeline.simulator.assets import AssetRoutes
+from pipeline.simulator.dialects import ANSWER_FAULTS, gemini_429_body, play_answer, rename_like_a_gateway, stream_error_frame
+from pipeline.simulator.limits import Limits, SlidingWindow, limit_error, retry_headers
+from pipeline.simulator.request import BadRequest, ChatRequest, parse_chat_request, recorded_headers, url_timeout
+from pipeline.simulator.settings import DEFAULT_MODEL, MALFORMED_VARIANTS, MAX_BODY_BYTES, STATUS_ERRORS, SimulatorSettings, SimulatorStats
+from pipeline.simulator.stream import STREAM_FAULTS, SSEWriter, completion_chunks, error_payload
+from pipeline.simulator.vision import (
+    ImageFetchTimeout,
+    UndecodableImage,
+    UnreachableImage,
+    caption_from_header,
+    caption_image,
+    count_usage,
+    data_url_head,
+    fit_caption,
+    image_bytes,
+)
+
+
+class Simulator:
+    def __init__(self, settings: SimulatorSettings | None = None):
+        self.settings = settings or SimulatorSettings()
+        self.stats = SimulatorStats()
+        self.base_url: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._next_id = 0
+        self._window = SlidingWindow()
+        self._stopping = asyncio.Event()  # wakes hung requests so a stop never waits for them
+        self._reseed()
+
+    def _reseed(self) -> None:
+        self._fault_rng = random.Random(self.settings.seed)
+        self._jitter_rng = random.Random(self.settings.seed + 1)  # jitter never shifts fault draws
+        self._stream_rng = random.Random(self.settings.seed + 2)  # nor do fragment sizes
+        self._malformed_turn = 0
+
+    def configure(self, **knobs: Any) -> None:
+        self.settings.update(**knobs)
+        if "seed" in knobs:
+            self._reseed()
+
+    def reset_stats(self) -> None:
+        """Zero the counters; per-image script positions, the random draws and the rate-limit windows start over."""
+        self.stats.reset()
+        self._window.clear()
+        self._reseed()
+
+    # lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._stopping.clear()
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/_sim/stats", self._get_stats)
+        app.router.add_post("/_sim/config", self._post_config)
+        app.router.add_post("/_sim/reset", self._post_reset)
+        AssetRoutes(lambda: self.settings.image_dir).add_to(app.router)
+        app.cleanup_ctx.append(self._client_session)
+        app.on_response_prepare.append(self._rename_headers)
+        # handler_cancellation: a client that hangs up cancels its handler, as
+        # `reset` and `hang` rely on; shutdown_timeout bounds a stop under load.
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, host, port).start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.base_url = f"http://{shown_host}:{bound_port}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _rename_headers(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        rename_like_a_gateway(request, response, self.settings.header_style)
+
+    async def _client_session(self, app: web.Application) -> Any:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as self._http:
+            yield
+
+    # handlers
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        stats = self.stats
+        self._next_id += 1
+        stats.requests += 1
+        stats.connections.add(id(request.transport))
+        stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        try:
+            response = await self._answer(request, self._next_id)
+        except web.HTTPException as exc:  # aiohttp's own, e.g. 413 for a huge body
+            stats.by_status[str(exc.status)] += 1
+            raise
+        finally:
+            stats.in_flight -= 1
+        stats.by_status[str(response.status)] += 1
+        return response
+
+    async def _answer(self, request: web.Request, n: int) -> web.StreamResponse:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        # The request is read before the latency is waited out, not after: a provider's latency runs from
+        # the request to its answer, its own work included. Otherwise the simulator's CPU per request
+        # (one core, answering waves of requests in turn) would add to every latency a client sees.
+        try:
+            chat: ChatRequest | Exception = parse_chat_request(await request.json())
+        except (ValueError, BadRequest) as exc:  # ValueError includes JSONDecodeError and UnicodeDecodeError
+            chat = exc
+        delay = settings.latency + self._jitter_rng.uniform(-settings.jitter, settings.jitter) - (loop.time() - arrived)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        limits = Limits(settings.rpm_limit, settings.tpm_limit, settings.limit_window, settings.limit_headers)
+        headers = {"x-request-id": f"req-sim-{n}", **self._window.peek(limits)}
+        if not self._authorized(request):
+            return self._status_response(401, headers)
+        if isinstance(chat, BadRequest):
+            return bad_request_response(chat, headers)
+        if isinstance(chat, Exception):
+            return bad_request_response(BadRequest("We could not parse the JSON body of your request.", "invalid_json"), headers)
+        self.stats.bodies.append({**chat.summary, "headers": recorded_headers(request.headers)})
+
+        refused = {f"data:image/{kind.strip()};" for kind in settings.refuse_formats.split(",") if kind.strip()}
+        if refused and chat.image_url.startswith(tuple(refused)):
+            return bad_request_response(BadRequest("invalid image input", "invalid_image"), headers)
+        seen = None
+        if limits.on:  # the token count needs the image's size, so look at it before the limiter
+            try:
+                seen = await self._look(chat)
+            except BadRequest as exc:
+                return bad_request_response(exc, headers)
+            tokens = count_usage(seen[0], seen[1], chat.texts, "")["prompt_tokens"] + (chat.max_tokens or 0)
+            verdict = self._window.admit(tokens, limits)  # no await between check and record
+            headers.update(verdict.headers)
+            if not verdict.admitted:
+                self.stats.rate_limited += 1
+                body = limit_error(verdict, limits, tokens, chat.model, self._window.used())
+                retry = retry_headers(verdict.wait) if math.isfinite(verdict.wait) else {}
+                return web.json_response(body, status=429, headers={**headers, **retry})
+
+        counts = self.stats.images.setdefault(image_key(chat.image_url), {"requests": 0, "ok": 0})
+        nth = counts["requests"]
+        counts["requests"] += 1
+        fault = self._pick_fault(nth)
+        if fault in STREAM_FAULTS and not chat.stream:
+            fault = "reset" if fault == "truncated" else None  # a body cut short; the rest need a stream
+        if fault is not None and fault not in STREAM_FAULTS and fault not in ANSWER_FAULTS:
+            return await self._inject(request, fault, n, chat, headers)
+        try:
+            width, height, caption = seen or await self._look(chat)
+        except BadRequest as exc:
+            return bad_request_response(exc, headers)
+        caption, finish_reason = fit_caption(caption, chat.max_tokens)
+        usage = count_usage(width, height, chat.texts, caption)
+        completion = completion_body(n, chat.model, caption, finish_reason, usage)
+        if fault in ANSWER_FAULTS:
+            completion = play_answer(fault, completion, chat.max_tokens)
+        if fault is not None:
+            self.stats.faults[fault] += 1
+        else:
+            counts["ok"] += 1
+        if chat.stream:
+            return await self._stream(request, completion, chat.include_usage, headers, None if fault in ANSWER_FAULTS else fault)
+        return web.json_response(completion, headers=headers)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._status_response(401, {})
+        model = self.settings.model or DEFAULT_MODEL
+        return web.json_response({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "simulator"}]})
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.snapshot())
+
+    async def _post_config(self, request: web.Request) -> web.Response:
+        try:
+            knobs = await request.json()
+            if not isinstance(knobs, dict):
+                raise ValueError("expected a JSON object of settings")
+            self.configure(**knobs)
+        except (ValueError, TypeError) as exc:
+            return web.json_response(error_body(str(exc), "invalid_request_error", "invalid_config"), status=400)
+        return web.json_response({"settings": self.settings.public()})
+
+    async def _post_reset(self, request: web.Request) -> web.Response:
+        self.reset_stats()
+        return web.json_response(self.stats.snapshot())
+
+    # pieces of an answer
+
+    async def _look(self, chat: ChatRequest) -> tuple[int, int, str]:
+        """(width, height, caption) of the request's image; BadRequest as a provider says it cannot have it."""
+        assert self._http is not None
+        if self.settings.decode == "header" and chat.image_url.startswith("data:"):
+            # Most headers lie in the first few KB; decoding 300 KB of base64 would cost more than the rest of the answer.
+            with contextlib.suppress(UndecodableImage):
+                return caption_from_header(data_url_head(chat.image_url))
+        try:
+            data = await image_bytes(chat.image_url, self._http, self.settings.fetch_timeout)
+            if self.settings.decode == "header":
+                return caption_from_header(data)  # microseconds: not worth a thread
+            return await asyncio.to_thread(caption_image, data)
+        except ImageFetchTimeout:
+            raise url_timeout(chat.image_url) from None
+        except UnreachableImage:
+            raise BadRequest("Unable to download the image from the URL", "invalid_image_url") from None
+        except UndecodableImage:
+            raise BadRequest("Could not process image", "invalid_image") from None
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
+        header = request.headers.get("Authorization", "")
+        token = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+        if self.settings.api_key is None:
+            return bool(token.strip())
+        return hmac.compare_digest(token.encode(), self.settings.api_key.encode())
+
+    def _pick_fault(self, nth: int) -> str | None:
+        """The script decides while it lasts; after that, one seeded draw per request."""
+        script = self.settings.fault_script
+        if nth < len(script):
+            return None if script[nth] == "ok" else script[nth]
+        s = self.settings
+        draw = self._fault_rng.random()
+        for fault, rate in (("429", s.rate_429), ("5xx", s.rate_5xx), ("reset", s.rate_reset),
+                            ("hang", s.rate_hang), ("malformed", s.rate_malformed),
+                            ("stream_error", s.rate_stream_error), ("truncated", s.rate_truncated), ("stall", s.rate_stall)):
+            if draw < rate:
+                if fault == "5xx":
+                    return self._fault_rng.choice(("500", "502", "503", "529"))
+                if fault == "stream_error":
+                    return self._fault_rng.choice(("stream_error", "stream_error_vllm"))
+                return fault
+            draw -= rate
+        return None
+
+    async def _inject(self, request: web.Request, fault: str, n: int, chat: ChatRequest, headers: dict[str, str]) -> web.StreamResponse:
+        if fault == "malformed":
+            fault = f"malformed:{MALFORMED_VARIANTS[self._malformed_turn % len(MALFORMED_VARIANTS)]}"
+            self._malformed_turn += 1
+        self.stats.faults[fault] += 1
+        if fault == "reset":
+            self.stats.by_status["reset"] += 1
+            await drop_connection(request)
+        if fault == "hang":
+            self.stats.by_status["hang"] += 1  # counted now: the client usually gives up first
+            await self._hang()
+            await drop_connection(request)
+        if fault.startswith("malformed:"):
+            body = malformed_body(fault.partition(":")[2], n, chat.model)
+            if chat.stream:
+                response, writer = await self._start_stream(request, headers)
+                await writer.send([body])
+                await writer.end()
+                return response
+            return web.Response(text=body, content_type="application/json", headers=headers)
+        if fault == "url_timeout":
+            return bad_request_response(url_timeout(chat.image_url), headers)
+        if fault == "echo_key":  # a proxy's error page that quotes the request, Authorization included
+            page = ("<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1><p>upstream failed; "
+                    f"request was: POST /v1/chat/completions Authorization: {request.headers.get('Authorization', '')} "
+                    "Content-Type: application/json</p></body></html>")
+            return web.Response(text=page, status=502, content_type="text/html", headers=headers)
+        if fault == "huge":  # a broken endpoint that never stops talking: 12 MB, chunked, no Content-Length
+            response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+            await response.prepare(request)
+            await response.write(b'{"choices": [{"message": {"content": "')
+            for _ in range(12):
+                await response.write(b"x" * (1024 * 1024))
+            await response.write(b'"}}]}')
+            await response.write_eof()
+            return response
+        if fault == "gemini_429":  # a JSON list, the wait only in the body's RetryInfo
+            return web.json_response(gemini_429_body(self.settings.retry_after), status=429, headers=headers)
+        if fault == "quota":  # OpenAI's 429 for an account out of credit: retrying does not help
+            body = error_body("You exceeded your current quota, please check your plan and billing details.", "insufficient_quota", "insufficient_quota")
+            return web.json_response(body, status=429, headers=headers)
+        return self._status_response(int(fault), headers, model=chat.model)
+
+    def _status_response(self, status: int, headers: dict[str, str], model: str = "") -> web.Response:
+        if status == 429:
+            type_, code = "rate_limit_error", "rate_limit_exceeded"
+            message = (f"Rate limit reached for requests per min (RPM) on {model or 'this model'}. "
+                       f"Please try again in {self.settings.retry_after:g}s.")
+        else:
+            generic = ("server_error" if status >= 500 else "invalid_request_error", None, f"Simulated {status} error.")
+            type_, code, message = STATUS_ERRORS.get(status, generic)
+        if status in (429, 503):
+            headers = {**headers, **retry_after_headers(self.settings.retry_after, self.settings.retry_after_form)}
+        return web.json_response(error_body(message, type_, code), status=status, headers=headers)
+
+    async def _start_stream(self, request: web.Request, headers: dict[str, str]) -> tuple[web.StreamResponse, SSEWriter]:
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        return response, SSEWriter(response, self.settings.stream_style, self._stream_rng)
+
+    async def _stream(self, request: web.Request, completion: dict[str, Any], include_usage: bool,
+                      headers: dict[str, str], fault: str | None) -> web.StreamResponse:
+        """A 200 event stream; with a stream fault it goes wrong after the first content chunks."""
+        chunks = completion_chunks(completion, include_usage)
+        response, writer = await self._start_stream(request, headers)
+        if fault is None:
+            await writer.send(chunks)
+            await writer.end()
+            return response
+        content_chunks = len(chunks) - 1 - include_usage
+        await writer.send(chunks[: 1 if fault == "stall" else max(1, content_chunks // 2)])
+        if fault in ("stream_error", "stream_error_vllm"):
+            await writer.send([error_payload(fault)])
+            await writer.end(done=False)
+            return response
+        if fault.startswith("stream_error_"):  # the servers that send [DONE] after their error
+            field, payload = stream_error_frame(fault)
+            await writer.send([payload], field=field)
+            await writer.end()
+            return response
+        self.stats.by_status[fault] += 1  # truncated or stall: the handler never returns normally
+        if fault == "stall":
+            await self._hang()
+        await drop_connection(request)
+
+    async def _hang(self) -> None:
+        """Wait hang_seconds, or until the simulator stops."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.settings.hang_seconds)
