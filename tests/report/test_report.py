@@ -24,7 +24,7 @@ from pipeline import load_config, run_job
 from pipeline.report import main, thumbnail_jpeg, write_report
 from pipeline.results import OUTPUT_SCHEMA
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 INJECTION = "</script><img src=x onerror=alert(1)>"
 BLOB = re.compile(r'<script type="application/json" id="report-data">(.*?)</script>', re.S)
 
@@ -355,3 +355,20 @@ async def drive_big(port, html_path):
         await asyncio.sleep(0.2)
         assert cdp.problems() == []
         cdp.reader.cancel()
+
+
+def test_the_page_runs_only_the_shipped_script_its_csp_hash_is_computed_from_the_file(tmp_path):
+    import hashlib
+    import re as regex
+
+    from pipeline.report.render import page_file
+
+    script = page_file("report.js")
+    output = tmp_path / "o.parquet"
+    pq.write_table(pa.table({"id": ["a"], "image": ["a.png"], "status": ["ok"], "caption": ["A cat."]}), output)
+    page = (tmp_path / "o.html")
+    write_report(output, page)
+    text = page.read_text()
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in regex.search(r'Content-Security-Policy" content="([^"]+)"', text)[1]
+    assert script in text and page_file("report.css") in text
