@@ -29,6 +29,11 @@ def row_cost(price: Price | None, billed: BilledUsage) -> float | None:
     return price.cost(billed.prompt or 0, billed.completion or 0, billed.cached or 0)
 
 
+def worst_case_cost(price: Price | None, tokens: int, max_tokens: int) -> float:
+    """The most a request estimated at `tokens` (input plus `max_tokens`) can cost: all of max_tokens answered."""
+    return price.cost(tokens - max_tokens, max_tokens) if price else 0.0
+
+
 def load_price(path: Path | None, model: str) -> Price | None:
     """The model's price from the prices file, or None (no file, or the model is not in it: costs stay unknown)."""
     if path is None or not path.exists():

@@ -43,35 +43,6 @@ DEFAULT_HOLD = 1.0  # pool hold after a 429 without Retry-After
 MAX_HOLD = 60.0  # longer advice (a daily quota) is the retry policy's business, not a reason to stall the pool
 
 
-# --- token estimate -----------------------------------------------------------
-
-
-def provider_family(model: str) -> str:
-    """Whose image-token formula applies: 'anthropic' for Claude models, else 'openai'."""
-    return "anthropic" if "claude" in model.lower() else "openai"
-
-
-def image_tokens(width: int, height: int, *, detail: str | None = None, provider: str = "openai") -> int:
-    if width <= 0 or height <= 0:
-        return 0
-    if provider == "anthropic":
-        # Claude first shrinks the image to a 1568 px long edge and ~1.15 MP (1568 tokens).
-        scale = min(1.0, 1568 / max(width, height), math.sqrt(1568 * 750 / (width * height)))
-        return math.ceil(int(width * scale) * int(height * scale) / 750)
-    if detail == "low":
-        return 85
-    scale = min(1.0, 2048 / max(width, height))  # fit in 2048 x 2048, then shortest side to 768
-    w, h = width * scale, height * scale
-    scale = min(1.0, 768 / min(w, h))
-    w, h = w * scale, h * scale
-    return 170 * math.ceil(w / 512) * math.ceil(h / 512) + 85
-
-
-def estimate_tokens(width: int, height: int, prompt_chars: int, max_tokens: int, *, detail: str | None, provider: str) -> int:
-    """Tokens a provider will count against TPM for one request: image + prompt + the answer's ceiling."""
-    return image_tokens(width, height, detail=detail, provider=provider) + math.ceil(prompt_chars / 4) + max_tokens
-
-
 # --- limit headers ------------------------------------------------------------
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|μs|ns)")

@@ -47,6 +47,10 @@ OUTPUT_SCHEMA = pa.schema(
 )
 OUTPUT_COLUMNS = frozenset(OUTPUT_SCHEMA.names)
 
+# One output row as the writer journals it: OUTPUT_SCHEMA's columns (values as JSON types, completed_at in
+# epoch milliseconds), then the manifest's passthrough columns. A plain dict, not a class: it goes to JSON as is.
+OutputRow = dict[str, Any]
+
 
 def ok_row(
     row: ManifestRow,
@@ -57,7 +61,7 @@ def ok_row(
     latency_ms: float,
     fingerprint: str | None = None,
     cost_usd: float | None = None,
-) -> dict[str, Any]:
+) -> OutputRow:
     return _row(
         row,
         status="ok",
@@ -86,7 +90,7 @@ def error_row(
     fingerprint: str | None = None,
     cost_usd: float | None = None,
     image: PreparedImage | None = None,
-) -> dict[str, Any]:
+) -> OutputRow:
     """A failed row; an answer that was billed but is no caption (empty, refused) keeps its tokens and cost."""
     usage = getattr(error, "usage", None) or {}
     return _row(
@@ -130,8 +134,8 @@ def _image_columns(image: PreparedImage) -> dict[str, Any]:
     }
 
 
-def _row(row: ManifestRow, **fields: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {name: None for name in OUTPUT_SCHEMA.names}
+def _row(row: ManifestRow, **fields: Any) -> OutputRow:
+    out: OutputRow = {name: None for name in OUTPUT_SCHEMA.names}
     out.update(fields)
     out["id"] = row.id
     out["image"] = row.image

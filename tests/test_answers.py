@@ -7,7 +7,7 @@ import pytest
 
 from helpers import make_images
 from pipeline import load_config, run_job
-from pipeline.errors import APIStatusError, QuotaExhaustedError, RunAborted, ServerError, status_error_class
+from pipeline.errors import QuotaExhaustedError, RunAborted, status_error_class
 from pipeline.failures import FailureWatch
 from pipeline.response import parse_error_body
 from pipeline.simulator.dialects import REFUSAL, THINKING

@@ -104,3 +104,17 @@ def test_dry_run_estimate_is_within_10_percent_of_what_is_billed(simulator, tmp_
     billed = sum(r["prompt_tokens"] or 0 for r in pq.read_table(tmp_path / "o.parquet").to_pylist())
     assert billed > 0
     assert abs(estimate.estimated_input_tokens - billed) <= 0.10 * billed
+
+
+def test_max_cost_without_a_price_is_refused_before_the_lock_or_any_file(simulator, tmp_path):
+    from pipeline import load_config, run_job
+    from pipeline.errors import ConfigError
+
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("a.png\n")
+    out = tmp_path / "out" / "o.parquet"
+    config = load_config({"manifest": manifest, "output": out, "base_url": simulator.base_url, "model": "no-price-model",
+                          "max_cost": 1.0}, environ={"ANYFAST_API_KEY": "sk-cost-test-1234"})
+    with pytest.raises(ConfigError, match="needs a price"):
+        run_job(config)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.parquet.runs.jsonl"]  # no lock, no journal left behind

@@ -16,16 +16,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.ratelimit import (
-    LimitState,
-    RateLimiter,
-    Ticket,
-    estimate_tokens,
-    image_tokens,
-    parse_duration,
-    parse_limit_headers,
-    provider_family,
-)
+from pipeline.estimate import estimate_tokens, image_tokens, provider_family
+from pipeline.ratelimit import LimitState, RateLimiter, Ticket, parse_duration, parse_limit_headers
 
 
 class _JumpingSelector(selectors.DefaultSelector):

@@ -1,0 +1,110 @@
+"""How a run ended: the summary line, its exit code, and its line in the run record."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import JobConfig
+from .errors import EXIT_ABORTED, EXIT_BUDGET, EXIT_OK, EXIT_ROWS_FAILED, EXIT_SIGINT, EXIT_SIGTERM
+from .manifest import Manifest
+from .progress import Counters, Progress
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    output: Path | None
+    rows: int
+    ok: int
+    error: int
+    skipped: int
+    requests: int
+    retries: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    duplicates: int
+    seconds: float
+    exit_code: int
+    error_types: dict[str, int] = field(default_factory=dict)
+    aborted: str | None = None
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT" / "max-cost"
+    dry_run: bool = False
+    estimated_input_tokens: int | None = None  # dry runs
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def line(self) -> str:
+        if self.rows == 0 and self.skipped and not self.dry_run:
+            return f"nothing to do: all {self.skipped} rows are already in {self.output} (0 requests sent; --redo captions them again)"
+        errors = f" ({', '.join(f'{t}: {n}' for t, n in sorted(self.error_types.items()))})" if self.error_types else ""
+        what = "dry run" if self.dry_run else "aborted" if self.aborted else f"stopped by {self.stopped_by}" if self.stopped_by else "done"
+        where = f" -> {self.output}" if self.output and not self.dry_run else ""
+        skipped = f", {self.skipped} already done" if self.skipped else ""
+        dup = f", {self.duplicates} duplicate ids skipped" if self.duplicates else ""
+        return (
+            f"{what} in {self.seconds:.1f} s: {self.rows} rows, {self.ok} ok, {self.error} error{errors}{skipped}{dup}, "
+            f"{self.requests} requests ({self.retries} retries), {self.total_tokens} tokens, ${self.cost_usd:.4f}{where}"
+        )
+
+
+def summarize_run(
+    config: JobConfig,
+    manifest: Manifest,
+    progress: Progress,
+    *,
+    aborted: str | None = None,
+    stopped_by: str | None = None,
+    dry_run: bool = False,
+) -> RunSummary:
+    c: Counters = progress.counters
+    if aborted:
+        code = EXIT_ABORTED
+    elif stopped_by:
+        code = {"SIGTERM": EXIT_SIGTERM, "SIGINT": EXIT_SIGINT, "max-cost": EXIT_BUDGET}[stopped_by]
+    else:
+        code = EXIT_ROWS_FAILED if c.error else EXIT_OK
+    return RunSummary(
+        output=config.output,
+        rows=c.done,
+        ok=c.ok,
+        error=c.error,
+        skipped=c.skipped,
+        requests=c.requests,
+        retries=c.retries,
+        prompt_tokens=c.prompt_tokens,
+        completion_tokens=c.completion_tokens,
+        cost_usd=round(c.cost_usd, 6),
+        duplicates=manifest.stats.duplicates,
+        seconds=progress.elapsed,
+        exit_code=code,
+        error_types=dict(c.error_types),
+        aborted=aborted,
+        stopped_by=stopped_by,
+        dry_run=dry_run,
+    )
+
+
+def run_record(config: JobConfig, summary: RunSummary | None, started_at: float, **outcome: Any) -> dict[str, Any]:
+    """One line of <output>.runs.jsonl; a run that ended on an error has no summary, only its exit code and why."""
+    utc = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+    record = {
+        "run_id": uuid.uuid4().hex[:12],
+        "started_at": utc(started_at),
+        "ended_at": utc(time.time()),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "options": config.public_options(),
+        **({k: v for k, v in asdict(summary).items() if k not in ("output", "dry_run")} if summary else {}),
+        **({"total_tokens": summary.total_tokens} if summary else {}),
+        **outcome,
+    }
+    return json.loads(config.redact(json.dumps(record, default=str)))
