@@ -27,7 +27,7 @@ from .errors import (
 from .ratelimit import RateLimiter, Ticket
 from .records import Completion
 from .response import MAX_ANSWER_BYTES, error_message, error_code, error_payload, parse_completion, snippet
-from .retry import retry_after_seconds, retry_delay_from_body
+from .headers import retry_after_seconds, retry_delay_from_body
 from .secret import Secret
 from .sse import read_completion
 

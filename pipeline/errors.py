@@ -149,7 +149,7 @@ class RefusedError(AnswerError):
 
 
 class APIStatusError(APIError):
-    """A non-2xx answer. Subclasses are picked by `status_error_for`."""
+    """A non-2xx answer. Subclasses are picked by `status_error_class`."""
 
     error_type = "http_error"
 

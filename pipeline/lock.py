@@ -15,10 +15,7 @@ import time
 from pathlib import Path
 
 from .errors import OutputLocked, write_error
-
-
-def lock_path(output: Path) -> Path:
-    return output.with_name(output.name + ".lock")
+from .files import lock_path
 
 
 class OutputLock:

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Callable, Mapping
+
+from .headers import LimitState, parse_limit_headers
 
 WINDOW = 60.0  # providers count per minute
 # Pace at 99 % of a known limit: a request that reaches a sliding-window provider a few ms
@@ -41,83 +41,6 @@ MARGIN = 0.99
 MIN_RATE = 1 / WINDOW  # never below 1 rpm
 DEFAULT_HOLD = 1.0  # pool hold after a 429 without Retry-After
 MAX_HOLD = 60.0  # longer advice (a daily quota) is the retry policy's business, not a reason to stall the pool
-
-
-# --- limit headers ------------------------------------------------------------
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|μs|ns)")
-_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}
-
-
-def parse_duration(text: str) -> float | None:
-    """'1h2m3.5s', '6m0s', '12ms', '1.5s' or a bare number of seconds -> seconds; None if unreadable."""
-    text = text.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        parts = _DURATION.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            return None
-        return sum(float(n) * _UNIT[u] for n, u in parts)
-    return value if value >= 0 and math.isfinite(value) else None
-
-
-def _reset_seconds(text: str, now: float) -> float | None:
-    """A duration ('6m0s') or an RFC 3339 moment ('2026-11-25T21:00:00Z') -> seconds from `now`."""
-    seconds = parse_duration(text)
-    if seconds is None:
-        try:
-            moment = datetime.fromisoformat(text.strip())
-        except ValueError:
-            return None
-        seconds = None if moment.tzinfo is None else max(0.0, moment.timestamp() - now)
-    return seconds
-
-
-def _int(text: str, now: float) -> int | None:
-    try:
-        return int(float(text))
-    except (ValueError, OverflowError):
-        return None
-
-
-@dataclass(frozen=True)
-class LimitState:
-    """What one answer said about the budget left; resets are seconds from that answer."""
-
-    requests_limit: int | None = None
-    requests_remaining: int | None = None
-    requests_reset: float | None = None
-    tokens_limit: int | None = None
-    tokens_remaining: int | None = None
-    tokens_reset: float | None = None
-
-
-_PARSE = {"limit": _int, "remaining": _int, "reset": _reset_seconds}
-# Anthropic may send only the input-token family.
-_NAMES = {
-    "requests": ("x-ratelimit-{}-requests", "anthropic-ratelimit-requests-{}"),
-    "tokens": ("x-ratelimit-{}-tokens", "anthropic-ratelimit-tokens-{}", "anthropic-ratelimit-input-tokens-{}"),
-}
-
-
-def parse_limit_headers(headers: Mapping[str, str], now: float | None = None) -> LimitState | None:
-    """OpenAI-style `x-ratelimit-*` or Anthropic `anthropic-ratelimit-*`; `now` is wall-clock time."""
-    h = {k.lower(): v for k, v in headers.items()}
-    for name in [k for k in h if k.startswith("llm_provider-")]:  # LiteLLM's proxy renames the provider's headers
-        h.setdefault(name[len("llm_provider-"):], h[name])
-    now = time.time() if now is None else now
-    fields: dict[str, float | int | None] = {}
-    for kind, families in _HEADERS.items():
-        family = next((names for names in families if any(name in h for name in names.values())), None)
-        for part, parse in _PARSE.items():
-            raw = h.get(family[part]) if family else None
-            fields[f"{kind}_{part}"] = None if raw is None else parse(raw, now)
-    return LimitState(**fields) if any(v is not None for v in fields.values()) else None
-
-
-# kind -> one {part: header name} per family, formatted once: this runs on every answer.
-_HEADERS = {kind: tuple({part: p.format(part) for part in _PARSE} for p in patterns) for kind, patterns in _NAMES.items()}
 
 
 # --- the limiter ----------------------------------------------------------------

@@ -22,9 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import JobConfig
-from .errors import ConfigError
 from .hashedset import HashedSet
-from .writer import journal_path, read_journal
+from .files import journal_path, not_our_output
+from .writer import read_journal
 
 INDEX_COLUMNS = ("id", "status", "fingerprint", "file_size", "file_mtime_ns")
 _INDEX_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("fingerprint", pa.string()),
@@ -74,7 +74,7 @@ class ResumeIndex:
                 for batch in parquet.iter_batches(batch_size=65_536, columns=columns):
                     index._add_batch(pa.Table.from_batches([batch]))
             except (OSError, ValueError, KeyError) as e:
-                raise _not_our_output(output, e) from None
+                raise not_our_output(output, e) from None
         journal = journal_path(output)
         if journal.exists():
             rows = [tuple(r.get(name) for name in INDEX_COLUMNS) for r in read_journal(journal)]
@@ -114,8 +114,5 @@ def _open_output(output: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(output)
     except (OSError, ValueError, KeyError) as e:
-        raise _not_our_output(output, e) from None
+        raise not_our_output(output, e) from None
 
-
-def _not_our_output(output: Path, error: Exception) -> ConfigError:
-    return ConfigError(f"{output} exists but cannot be read as our Parquet output ({error}); move it away or pick another --output")

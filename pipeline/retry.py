@@ -1,7 +1,6 @@
 """The retry policy as small pure functions; tenacity only executes it.
 
-- `retry_after_seconds`: what the server asked for (`retry-after-ms`, or
-  `Retry-After` as seconds or an HTTP date).
+- what the server asked for is read by headers.py (`retry_after_seconds`);
 - `should_retry`: which failures are worth another attempt.
 - `backoff_seconds`: the server's advice when sane, else capped exponential
   backoff with full jitter (a random wait in [0, min(cap, base * 2**n)]), so that
@@ -11,11 +10,9 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
-import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -35,70 +32,6 @@ T = TypeVar("T")
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 # Longest server-advised wait we follow; past this we fall back to our own backoff.
 MAX_RETRY_AFTER = 60.0
-
-
-# LiteLLM's proxy passes the provider's headers on with this prefix (and drops the originals).
-GATEWAY_PREFIX = "llm_provider-"
-
-
-def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds the server asked us to wait, or None if it did not say (or said nonsense).
-
-    `retry-after-ms`, then `Retry-After` (seconds or an HTTP date), each also in a gateway's `llm_provider-` form.
-    """
-    for prefix in ("", GATEWAY_PREFIX):
-        value = _retry_after(headers, prefix, now)
-        if value is not None:
-            return value
-    return None
-
-
-def retry_delay_from_body(payload: Any) -> float | None:
-    """Google's RetryInfo in an error body (Gemini's OpenAI layer sends no header): {"retryDelay": "7s"}."""
-    if isinstance(payload, list):
-        return next((d for d in map(retry_delay_from_body, payload) if d is not None), None)
-    error = payload.get("error") if isinstance(payload, dict) else None
-    details = error.get("details") if isinstance(error, dict) else None
-    for detail in details if isinstance(details, list) else ():
-        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
-        if isinstance(delay, str) and delay.endswith("s"):
-            try:
-                seconds = float(delay[:-1])
-            except ValueError:
-                continue
-            if seconds >= 0:
-                return seconds
-    return None
-
-
-def _retry_after(headers: Mapping[str, str], prefix: str, now: float | None) -> float | None:
-    ms = headers.get(prefix + "retry-after-ms")
-    if ms is not None:
-        try:
-            value = float(ms) / 1000
-        except ValueError:
-            value = None
-        if value is not None and value >= 0:
-            return value
-    raw = headers.get(prefix + "retry-after")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(raw) if _looks_like_date(raw) else None
-        if parsed is None or parsed.tzinfo is None:
-            return None
-        value = parsed.timestamp() - (time.time() if now is None else now)
-        return max(0.0, value)
-    return value if value >= 0 else None
-
-
-def _looks_like_date(raw: str) -> bool:
-    try:
-        return email.utils.parsedate_tz(raw) is not None
-    except (TypeError, ValueError):
-        return False
 
 
 def should_retry(error: BaseException) -> bool:

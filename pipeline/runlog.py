@@ -9,10 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import write_error
-
-
-def runs_path(output: Path) -> Path:
-    return output.with_name(output.name + ".runs.jsonl")
+from .files import runs_path
 
 
 def append_run_record(output: Path, record: dict[str, Any], *, required: bool = True, quiet: bool = False) -> None:

@@ -28,17 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, write_error
+from .errors import write_error
+from .files import fsync_directory, journal_path, not_our_output, temporary_path
 from .results import OUTPUT_SCHEMA
 
 log = logging.getLogger("pipeline")
 
 JOURNAL_CHUNK_ROWS = 10_000  # journal rows made into one table at a time; a merge's memory grows with this, not with the run
 _SPILL_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
-
-
-def journal_path(output: Path) -> Path:
-    return output.with_name(output.name + ".journal.jsonl")
 
 
 class ResultWriter:
@@ -119,7 +116,7 @@ class ResultWriter:
 
 def _probe_free_space(output: Path, size: int = 256 * 1024) -> None:
     """Write, fsync and remove a small file beside the output: a full disk or a read-only folder shows before any request."""
-    probe = output.with_name(f".{output.name}.{os.getpid()}.probe.tmp")
+    probe = temporary_path(output, ".probe")
     try:
         with open(probe, "wb") as f:
             f.write(b"\0" * size)
@@ -193,7 +190,7 @@ class SpilledJournal:
     def add(self, rows: list[dict[str, Any]]) -> None:
         table = rows_to_table(rows)
         # Named like the merge's temporary file, so that open() removes parts a killed merge left.
-        part = self._output.with_name(f".{self._output.name}.{os.getpid()}.journal{len(self._parts)}.tmp")
+        part = temporary_path(self._output, f".journal{len(self._parts)}")
         self._parts.append(part)
         with pa.ipc.new_file(part, table.schema, options=_SPILL_OPTIONS) as spill:
             spill.write_table(table)
@@ -228,10 +225,10 @@ def merge_into_output(output: Path, new: SpilledJournal) -> None:
     try:
         old = pq.ParquetFile(output) if output.exists() else None
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise ConfigError(f"{output} exists but cannot be read as our Parquet output ({e}); move it away or pick another --output") from None
+        raise not_our_output(output, e) from None
     schema = _unified_schema(old.schema_arrow if old else None, new.schema)
     replaced, new_tables = new.newest_rows()
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    temporary = temporary_path(output)
     try:
         with pq.ParquetWriter(temporary, schema, compression="zstd") as parquet:
             if old is not None:
@@ -247,7 +244,7 @@ def merge_into_output(output: Path, new: SpilledJournal) -> None:
         os.replace(temporary, output)
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync_directory(output.parent)
+    fsync_directory(output.parent)
 
 
 def _unified_schema(old: pa.Schema | None, new: pa.Schema) -> pa.Schema:
@@ -279,13 +276,6 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=schema)
 
-
-def _fsync_directory(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _as_text(value: Any) -> str:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import load_config, run_job
-from pipeline.runlog import runs_path
+from pipeline.files import runs_path
 from test_durability import KEY, make_manifest, run, start
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.writer import journal_path
+from pipeline.files import journal_path
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-durable-5e1f0c2b"

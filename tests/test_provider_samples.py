@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.errors import BadRequestError, EmptyAnswerError, RefusedError, ServerError
 from pipeline.response import parse_completion, parse_error_body
-from pipeline.retry import retry_delay_from_body
+from pipeline.headers import retry_delay_from_body
 from pipeline.sse import CompletionAssembler, SSEParser
 from pipeline.usage import billed_usage
 

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 import pytest
 
 from pipeline.estimate import estimate_tokens, image_tokens, provider_family
-from pipeline.ratelimit import LimitState, RateLimiter, Ticket, parse_duration, parse_limit_headers
+from pipeline.headers import LimitState, parse_duration, parse_limit_headers
+from pipeline.ratelimit import RateLimiter, Ticket
 
 
 class _JumpingSelector(selectors.DefaultSelector):

@@ -11,7 +11,8 @@ from pipeline.records import Completion, ManifestRow, PreparedImage
 from pipeline.results import error_row, ok_row
 from pipeline.errors import ServerError
 from pipeline.resume import ResumeIndex, fingerprinter
-from pipeline.writer import ResultWriter, journal_path
+from pipeline.files import journal_path
+from pipeline.writer import ResultWriter
 
 
 def test_fingerprint_changes_with_every_request_setting_and_only_those():

@@ -16,7 +16,8 @@ from pipeline.errors import (
     ServerError,
     status_error_class,
 )
-from pipeline.retry import backoff_seconds, retry_after_seconds, should_retry
+from pipeline.headers import retry_after_seconds
+from pipeline.retry import backoff_seconds, should_retry
 
 NOW = 1_700_000_000.0
 

@@ -6,7 +6,8 @@ from pipeline.errors import NotAnImageError
 from pipeline.records import Completion, ManifestRow, PreparedImage
 from pipeline.results import OUTPUT_SCHEMA, error_row, ok_row
 from pipeline import writer as writer_module
-from pipeline.writer import ResultWriter, journal_path, read_journal
+from pipeline.files import journal_path
+from pipeline.writer import ResultWriter, read_journal
 
 
 def _row(i, **extra):

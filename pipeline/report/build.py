@@ -10,13 +10,13 @@ so every piece of data is escaped on the way in and set with `textContent` on th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import EXIT_USAGE
+from pipeline.files import report_path, write_atomically
 from pipeline.report.data import read_output, summarize
 from pipeline.report.errors import ReportError
 from pipeline.report.render import render_page
@@ -59,7 +59,7 @@ def write_report(
     roots = image_roots(output_parquet, images_root)
     thumbs, refs = make_thumbnails(table, roots, thumb_px=thumb_px, max_bytes=max_thumb_bytes, cap=max_thumbnails)
     page = render_page(output_parquet, table, summary, thumbs, refs, cap=max_thumbnails)
-    _write_atomically(html_path, page.encode("utf-8"))
+    _write_page(html_path, page.encode("utf-8"))
     return ReportStats(
         html_path=html_path,
         rows=summary["rows"],
@@ -72,14 +72,11 @@ def write_report(
     )
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _write_page(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomically(path, data, durable=False)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ReportError(f"cannot write {path}: {e.strerror or e}") from e
 
 
@@ -104,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_html_path(output: Path) -> Path:
-    return output.with_name(output.name + ".html")
+    return report_path(output)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from PIL import Image, ImageOps
 
 from pipeline.report.data import _column
-from pipeline.runlog import runs_path
+from pipeline.files import runs_path
 
 # Why a row shows a placeholder instead of a thumbnail (the page prints these words).
 NO_IMAGE, NOT_FOUND, UNREADABLE, REMOTE, NOT_EMBEDDED = "no image", "not found", "unreadable", "remote", "not embedded"

@@ -6,14 +6,15 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import signal
 import sys
 import threading
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.errors import EXIT_OK, EXIT_USAGE
+from pipeline.files import write_atomically
 from pipeline.simulator.assets import FORMATS
 from pipeline.simulator.dialects import HEADER_STYLES
 from pipeline.simulator.limits import LIMIT_HEADER_FORMS
@@ -84,14 +85,6 @@ def serve_in_thread(settings: SimulatorSettings | None = None) -> Iterator[Simul
         thread.join(timeout=10)
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """A poller must never read half a URL."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(tmp, path)
-
-
 async def _serve_until_signal(simulator: Simulator, host: str, port: int, ready_file: str | None) -> int:
     try:
         base_url = await simulator.start(host, port)
@@ -104,7 +97,7 @@ async def _serve_until_signal(simulator: Simulator, host: str, port: int, ready_
         loop.add_signal_handler(signum, stop.set)
     try:
         if ready_file:
-            _write_atomically(ready_file, base_url)
+            write_atomically(Path(ready_file), base_url.encode(), durable=False)  # a poller never reads half a URL
         print(f"simulator listening on {base_url}", flush=True)
         await stop.wait()
     finally:
