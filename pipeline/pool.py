@@ -70,7 +70,12 @@ async def run_pool(
     stop: StopRequest | None = None,
     grace: float = 0.0,
 ) -> None:
-    """Feed rows through a bounded queue to `concurrency` workers.
+    """Run `rows` through a WorkerPool to the end (see there)."""
+    await WorkerPool(rows, prepare, concurrency, progress, send=send, stop=stop, grace=grace).run()
+
+
+class WorkerPool:
+    """Feeds rows through a bounded queue to `concurrency` workers.
 
     `prepare` does a row's work before its request (None: the row is finished
     already, e.g. its image is unreadable); `send` does the rest. Each worker
@@ -82,73 +87,98 @@ async def run_pool(
     An exception in one worker stops them all. On a stop request no new row is
     started; rows in flight get `grace` seconds, then they are cancelled.
     """
-    queue: asyncio.Queue[ManifestRow | None] = asyncio.Queue(maxsize=2 * concurrency)
-    closing = False
 
-    async def feed() -> None:
-        iterator: Iterator[ManifestRow] = iter(rows)
-        while not closing and (batch := await asyncio.to_thread(lambda: list(itertools.islice(iterator, READ_BATCH)))):
+    def __init__(
+        self,
+        rows: Iterable[ManifestRow],
+        prepare: Callable[[ManifestRow], Awaitable[Ready | None]],
+        concurrency: int,
+        progress: Progress,
+        *,
+        send: Callable[[Ready], Awaitable[None]] | None = None,
+        stop: StopRequest | None = None,
+        grace: float = 0.0,
+    ):
+        self._rows = rows
+        self._prepare = prepare
+        self._send = send
+        self._concurrency = concurrency
+        self._progress = progress
+        self._stop = stop
+        self._grace = grace
+        self._queue: asyncio.Queue[ManifestRow | None] = asyncio.Queue(maxsize=2 * concurrency)
+        self._closing = False
+
+    async def run(self) -> None:
+        heartbeat = asyncio.create_task(self._progress.heartbeat())
+        running = asyncio.create_task(self._all())
+        try:
+            if self._stop is None:
+                await running
+                return
+            await self._until_stopped(running)
+            try:
+                await running
+            except asyncio.CancelledError:
+                if not self._closing:
+                    raise
+        finally:
+            heartbeat.cancel()
+            if not running.done():
+                running.cancel()
+
+    async def _until_stopped(self, running: asyncio.Task[None]) -> None:
+        """Two-phase stop: the first request closes the queue and gives rows in flight `grace`; the second cancels them."""
+        assert self._stop is not None
+        requested = asyncio.create_task(self._stop.requested.wait())
+        await asyncio.wait({running, requested}, return_when=asyncio.FIRST_COMPLETED)
+        requested.cancel()
+        if running.done():
+            return
+        self._close()
+        now = asyncio.create_task(self._stop.now.wait())
+        await asyncio.wait({running, now}, timeout=self._grace, return_when=asyncio.FIRST_COMPLETED)
+        now.cancel()
+        if not running.done():
+            log.warning("stopping: cancelling the requests still in flight; they will be sent again by the next run")
+            running.cancel()
+
+    async def _all(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._feed())
+            for _ in range(self._concurrency):
+                group.create_task(self._work())
+
+    async def _feed(self) -> None:
+        iterator: Iterator[ManifestRow] = iter(self._rows)
+        while not self._closing and (batch := await asyncio.to_thread(lambda: list(itertools.islice(iterator, READ_BATCH)))):
             for row in batch:
-                if closing:
+                if self._closing:
                     return
-                await queue.put(row)
-        if not closing:
-            for _ in range(concurrency):
-                await queue.put(None)
+                await self._queue.put(row)
+        if not self._closing:
+            for _ in range(self._concurrency):
+                await self._queue.put(None)
 
-    def close() -> None:
+    def _close(self) -> None:
         """Drop the rows not yet started and wake every idle worker, so that only rows in flight remain."""
-        nonlocal closing
-        closing = True
-        while not queue.empty():
-            queue.get_nowait()
-        for _ in range(concurrency):
-            queue.put_nowait(None)
+        self._closing = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        for _ in range(self._concurrency):
+            self._queue.put_nowait(None)
 
-    async def next_ready() -> Ready | None:
-        while (row := await queue.get()) is not None and not closing:
-            if (ready := await prepare(row)) is not None:
+    async def _next_ready(self) -> Ready | None:
+        while (row := await self._queue.get()) is not None and not self._closing:
+            if (ready := await self._prepare(row)) is not None:
                 return ready
         return None
 
-    async def work() -> None:
-        upcoming = asyncio.ensure_future(next_ready())
+    async def _work(self) -> None:
+        upcoming = asyncio.ensure_future(self._next_ready())
         try:
-            while (ready := await upcoming) is not None and not closing:
-                upcoming = asyncio.ensure_future(next_ready())
-                await send(ready)
+            while (ready := await upcoming) is not None and not self._closing:
+                upcoming = asyncio.ensure_future(self._next_ready())
+                await self._send(ready)  # type: ignore[misc]  # prepare-only pools finish every row in prepare
         finally:
             upcoming.cancel()
-
-    async def pool() -> None:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(feed())
-            for _ in range(concurrency):
-                group.create_task(work())
-
-    heartbeat = asyncio.create_task(progress.heartbeat())
-    running = asyncio.create_task(pool())
-    try:
-        if stop is None:
-            await running
-            return
-        requested = asyncio.create_task(stop.requested.wait())
-        await asyncio.wait({running, requested}, return_when=asyncio.FIRST_COMPLETED)
-        requested.cancel()
-        if not running.done():
-            close()
-            now = asyncio.create_task(stop.now.wait())
-            await asyncio.wait({running, now}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-            now.cancel()
-            if not running.done():
-                log.warning("stopping: cancelling the requests still in flight; they will be sent again by the next run")
-                running.cancel()
-        try:
-            await running
-        except asyncio.CancelledError:
-            if not closing:
-                raise
-    finally:
-        heartbeat.cancel()
-        if not running.done():
-            running.cancel()

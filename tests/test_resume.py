@@ -1,12 +1,10 @@
-import os
 import subprocess
 import sys
 
 import pytest
 
 from pipeline.config import JobConfig
-from pipeline.errors import ConfigError, OutputLocked
-from pipeline.lock import OutputLock
+from pipeline.errors import ConfigError
 from pipeline.records import Completion, ManifestRow, PreparedImage
 from pipeline.results import error_row, ok_row
 from pipeline.errors import ServerError
@@ -83,15 +81,6 @@ def test_an_output_that_is_not_ours_is_a_clear_error(tmp_path):
     out.write_text("not parquet")
     with pytest.raises(ConfigError, match="move it away or pick another --output"):
         ResumeIndex.load(out)
-
-
-def test_lock_names_the_holder_and_is_released(tmp_path):
-    out = tmp_path / "o.parquet"
-    with OutputLock(out):
-        with pytest.raises(OutputLocked, match=f"pid {os.getpid()}"):
-            OutputLock(out).acquire()
-    with OutputLock(out):  # free again once released
-        pass
 
 
 def test_the_default_fingerprint_never_changes():
