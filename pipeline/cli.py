@@ -11,15 +11,17 @@ Exit codes (also in the README):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import traceback
 
 from . import __version__
-from .config import DEFAULT_API_KEY_ENV, FALLBACK_API_KEY_ENV, JobConfig, load_config
+from .config import JobConfig, load_config
 from .errors import EXIT_INTERNAL, EXIT_SIGINT, ConfigError, ManifestError, OutputLocked, OutputWriteError, exit_code_for
 from .logs import redact_in_logs, setup_logging
+from .options import Option, declared, flag_of, kind_of
 
 log = logging.getLogger("pipeline")
 
@@ -45,54 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         "75 another run holds the output; 130 stopped by Ctrl-C; 143 stopped by SIGTERM. "
         "A rerun of the same command continues where the last one stopped.",
     )
-    c.add_argument("manifest", nargs="?", help="CSV, JSONL, Parquet, .txt (one image per line) or a folder of images")
-    c.add_argument("-o", "--output", help="Parquet file to write (default: output/<manifest name>.parquet)")
+    c.add_argument("manifest", nargs="?", help=JobConfig.__dataclass_fields__["manifest"].metadata["option"].help)
     c.add_argument("--job", metavar="FILE", help="TOML job file that can set any option below, manifest and output included")
-    c.add_argument("--base-url", metavar="URL", help=f"the provider's OpenAI-compatible API root; env CAPTION_BASE_URL (default {D.base_url})")
-    c.add_argument("--model", metavar="NAME", help=f"model to ask; env CAPTION_MODEL (default {D.model})")
-    c.add_argument(
-        "--api-key-env",
-        metavar="NAME",
-        help=f"environment variable that holds the API key (default {DEFAULT_API_KEY_ENV}, falling back to {FALLBACK_API_KEY_ENV})",
-    )
-    c.add_argument("--prompt", metavar="TEXT", help="instruction sent with every image unless the manifest row has its own prompt")
-    c.add_argument("--system", metavar="TEXT", help="system message sent before the image (default: none)")
-    c.add_argument("--max-tokens", type=int, metavar="N", help=f"longest caption, in tokens (default {D.max_tokens})")
-    c.add_argument("--temperature", type=float, metavar="X", help="sampling temperature, 0 to 2 (default: the provider's)")
-    c.add_argument("--concurrency", type=int, metavar="N", help=f"most requests in flight at once (default {D.concurrency})")
-    c.add_argument("--rpm", type=int, metavar="N", help="requests per minute the provider allows; paced just under it (default: found from 429s and limit headers)")
-    c.add_argument("--tpm", type=int, metavar="N", help="tokens per minute the provider allows, counted from an estimate before sending (default: found adaptively)")
-    c.add_argument("--max-cost", type=float, metavar="USD", help="stop (resumably, exit 4) before spending more than this, counting requests in flight")
-    c.add_argument("--prices", metavar="FILE", help="TOML of USD per million tokens per model (default: the copy shipped in pipeline/defaults/prices.toml)")
-    c.add_argument("--max-retries", type=int, metavar="N", help=f"retries per image after a transient failure (default {D.max_retries})")
-    c.add_argument("--timeout", type=float, metavar="SECONDS", help=f"give up on one attempt after this long (default {D.timeout:g})")
-    c.add_argument("--limit", type=int, metavar="N", help="process only the first N manifest rows")
-    c.add_argument("--dry-run", action="store_true", default=None, help="read and check everything, send nothing, say what would be sent")
-    c.add_argument("--redo", action="store_true", default=None, help="caption every row again, even those the output already holds")
-    c.add_argument(
-        "--no-retry-errors", dest="retry_errors", action="store_false", default=None,
-        help="on a rerun, skip rows that failed last time too (by default they are tried again)",
-    )
-    c.add_argument("--grace", type=float, metavar="SECONDS", help=f"after SIGTERM or Ctrl-C, how long requests in flight may finish (default {D.grace:g})")
-    c.add_argument(
-        "--max-consecutive-failures", type=int, metavar="N",
-        help=f"abort (exit 3) after N rows in a row fail after retries, 0 for never (default {D.max_consecutive_failures})",
-    )
-    c.add_argument("--max-image-side", type=int, metavar="PX", help=f"scale images down so the long edge is at most this (default {D.max_image_side})")
-    c.add_argument("--max-image-bytes", type=int, metavar="N", help=f"largest base64 image payload; bigger images are re-encoded smaller (default {D.max_image_bytes})")
-    c.add_argument("--fetch-remote", action="store_true", default=None, help="download http(s) images and send them inline, prepared like local files")
-    c.add_argument("--allow-private-urls", action="store_true", default=None, help="let --fetch-remote reach loopback, private and link-local addresses")
-    c.add_argument("--image-detail", choices=("low", "high", "auto"), help="image detail for OpenAI-style models (default: not sent)")
-    c.add_argument("--image-formats", metavar="LIST",
-                   help="image types the provider takes as they are, e.g. jpeg,png,webp; others are converted "
-                   "(default auto: no GIF for Ollama and Gemini, by --base-url and --model)")
-    c.add_argument("--stream", action="store_true", default=None, help="ask for a streamed answer (stream: true, with usage in the last chunk)")
-    c.add_argument("--stall-timeout", type=float, metavar="SECONDS", help=f"with --stream, longest silence between chunks (default {D.stall_timeout:g})")
-    c.add_argument(
-        "--max-tokens-field", choices=("auto", "max_tokens", "max_completion_tokens"),
-        help="which field carries --max-tokens; auto picks max_completion_tokens for OpenAI reasoning models (default auto)",
-    )
-    c.add_argument("--log-format", choices=("text", "json"), help="log as text or one JSON object per line (default: json when stderr is not a terminal)")
+    for field, opt in declared(JobConfig):
+        add_option(c, field, opt)
     c.set_defaults(func=_caption)
 
     commands.add_parser("simulate", help="serve the bundled OpenAI-compatible simulator (see: simulate --help)", add_help=False)
@@ -101,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="output/demo.parquet", help="where to write the demo's output")
     d.set_defaults(func=_demo)
     return parser
+
+
+def add_option(parser: argparse.ArgumentParser, field: dataclasses.Field, opt: Option) -> None:
+    """One flag from its declaration (options.py); None means not given, so lower layers can decide."""
+    flag = flag_of(field, opt)
+    if flag is None:
+        return
+    names = [opt.short, flag] if opt.short else [flag]
+    default = getattr(D, field.name)
+    help_text = opt.help + (f"; env {opt.env}" if opt.env else "")
+    if opt.show_default and default is not None and "(default" not in opt.help:
+        help_text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
+    if kind_of(field) is bool:
+        action = "store_false" if flag.startswith("--no-") else "store_true"
+        parser.add_argument(*names, dest=field.name, action=action, default=None, help=help_text)
+    else:
+        kind = kind_of(field)
+        parser.add_argument(*names, dest=field.name, type=kind if kind in (int, float) else str, metavar=None if opt.choices else opt.metavar,
+                            choices=opt.choices, help=help_text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,13 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 def _caption(args: argparse.Namespace) -> int:
     from .runner import run_job
 
-    flags = {
-        name: getattr(args, name)
-        for name in ("manifest", "output", "base_url", "model", "api_key_env", "prompt", "system", "max_tokens",
-                     "temperature", "concurrency", "rpm", "tpm", "max_cost", "prices", "max_retries", "timeout", "limit", "dry_run", "redo", "retry_errors",
-                     "grace", "max_consecutive_failures", "log_format", "max_image_side", "max_image_bytes", "fetch_remote",
-                     "allow_private_urls", "image_detail", "image_formats", "stream", "stall_timeout", "max_tokens_field")
-    }
+    flags = {field.name: getattr(args, field.name) for field, opt in declared(JobConfig) if field.name == "manifest" or flag_of(field, opt)}
     config = load_config(flags, job_file=args.job)
     if config.api_key:
         redact_in_logs(config.api_key.reveal())

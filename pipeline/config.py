@@ -9,62 +9,68 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from .defaults import default_file
 from .errors import ConfigError
+from .options import ALWAYS, IF_CHANGED, declared
+from .options import option as _option
 from .providers import check_formats
 from .secret import Secret, looks_like_a_key
 
 DEFAULT_API_KEY_ENV = "ANYFAST_API_KEY"
 FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
 
-# Options that an environment variable may set.
-ENVIRONMENT = {"base_url": "CAPTION_BASE_URL", "model": "CAPTION_MODEL"}
 # The prices shipped with the package, unless a job file or --prices names another (a copy with your contract's prices).
 DEFAULT_PRICES = default_file("prices.toml")
 
 
 @dataclass(frozen=True)
 class JobConfig:
-    manifest: Path | None = None
-    output: Path | None = None
-    base_url: str = "https://www.anyfast.ai/v1"
-    model: str = "claude-sonnet-4-20250514"
-    api_key_env: str = DEFAULT_API_KEY_ENV
-    prompt: str = "Describe this image in one or two sentences for a dataset caption."
-    system: str | None = None
-    max_tokens: int = 300
-    temperature: float | None = None
-    concurrency: int = 16
-    rpm: int | None = None  # requests per minute the provider allows (None: found adaptively)
-    tpm: int | None = None  # tokens per minute the provider allows
-    max_retries: int = 6
-    timeout: float = 120.0
-    limit: int | None = None
-    dry_run: bool = False
-    redo: bool = False  # caption every row again, whatever the output holds
-    retry_errors: bool = True  # on a rerun, try rows that failed last time again
-    grace: float = 20.0  # seconds in-flight requests get to finish after SIGTERM / Ctrl-C
-    max_consecutive_failures: int = 50  # abort after this many transient-failure rows in a row (0: never)
-    log_format: str | None = None  # "text" | "json"; None: json when stderr is not a terminal
-    prices: Path | None = DEFAULT_PRICES  # USD per million tokens, per model
-    max_cost: float | None = None  # stop (resumable) before spending more than this, in USD
-    # Images
-    max_image_side: int = 1568  # Anthropic scales anything longer down anyway
-    max_image_bytes: int = 5 * 1024 * 1024  # of the base64 payload; Anthropic refuses more
-    fetch_remote: bool = False  # download http(s) images and send them inline
-    allow_private_urls: bool = False  # let --fetch-remote reach loopback/private/link-local addresses
-    image_detail: str | None = None  # "low" | "high" | "auto", for OpenAI-style models
-    image_formats: str = "auto"  # image types sent as they are ("jpeg,png,webp"); auto: by provider (providers.py)
-    # Provider compatibility
-    stream: bool = False
-    stall_timeout: float = 60.0  # longest silence between two chunks of a stream
-    max_tokens_field: str = "auto"  # "max_tokens" | "max_completion_tokens" | "auto" (by model name)
-    extra_body: dict[str, Any] = field(default_factory=dict)  # merged into every request body (job file only)
-    extra_headers: dict[str, str] = field(default_factory=dict)  # sent with every request (job file only)
+    """Every option of a job, each declared once (see options.py); api_key is never an option."""
+
+    manifest: Path | None = _option(None, "CSV, JSONL, Parquet, .txt (one image per line) or a folder of images", flag=None)
+    output: Path | None = _option(None, "Parquet file to write (default: output/<manifest name>.parquet)", short="-o", metavar="PATH")
+    base_url: str = _option("https://www.anyfast.ai/v1", "the provider's OpenAI-compatible API root", metavar="URL", env="CAPTION_BASE_URL")
+    model: str = _option("claude-sonnet-4-20250514", "model to ask", metavar="NAME", env="CAPTION_MODEL", fingerprint=ALWAYS)
+    api_key_env: str = _option(DEFAULT_API_KEY_ENV, f"environment variable that holds the API key (falls back to {FALLBACK_API_KEY_ENV})", metavar="NAME")
+    prompt: str = _option("Describe this image in one or two sentences for a dataset caption.",
+                         "instruction sent with every image unless the manifest row has its own prompt", metavar="TEXT", show_default=False)
+    system: str | None = _option(None, "system message sent before the image (default: none)", metavar="TEXT", fingerprint=ALWAYS)
+    max_tokens: int = _option(300, "longest caption, in tokens", metavar="N", fingerprint=ALWAYS)
+    temperature: float | None = _option(None, "sampling temperature, 0 to 2 (default: the provider's)", metavar="X", fingerprint=ALWAYS)
+    concurrency: int = _option(16, "most requests in flight at once", metavar="N")
+    rpm: int | None = _option(None, "requests per minute the provider allows; paced just under it (default: found from 429s and limit headers)", metavar="N")
+    tpm: int | None = _option(None, "tokens per minute the provider allows, counted from an estimate before sending (default: found adaptively)", metavar="N")
+    max_retries: int = _option(6, "retries per image after a transient failure", metavar="N")
+    timeout: float = _option(120.0, "give up on one attempt after this long", metavar="SECONDS")
+    limit: int | None = _option(None, "process at most N rows this run, counted after those already done are skipped", metavar="N")
+    dry_run: bool = _option(False, "read and check everything, send nothing, say what would be sent", show_default=False)
+    redo: bool = _option(False, "caption every row again, even those the output already holds", show_default=False)
+    retry_errors: bool = _option(True, "on a rerun, skip rows that failed last time too (by default they are tried again)",
+                                flag="--no-retry-errors", show_default=False)
+    grace: float = _option(20.0, "after SIGTERM or Ctrl-C, how long requests in flight may finish", metavar="SECONDS")
+    max_consecutive_failures: int = _option(50, "abort (exit 3) after N rows in a row fail the same way, 0 for never", metavar="N")
+    log_format: str | None = _option(None, "log as text or one JSON object per line (default: json when stderr is not a terminal)",
+                                    choices=("text", "json"), env="CAPTION_LOG_FORMAT")
+    prices: Path | None = _option(DEFAULT_PRICES, "TOML of USD per million tokens per model (default: the copy shipped in pipeline/defaults/prices.toml)",
+                                 metavar="FILE", show_default=False)
+    max_cost: float | None = _option(None, "stop (resumably, exit 4) before spending more than this, counting requests in flight", metavar="USD")
+    max_image_side: int = _option(1568, "scale images down so the long edge is at most this", metavar="PX", fingerprint=IF_CHANGED)
+    max_image_bytes: int = _option(5 * 1024 * 1024, "largest base64 image payload; bigger images are re-encoded smaller", metavar="N", fingerprint=IF_CHANGED)
+    fetch_remote: bool = _option(False, "download http(s) images and send them inline, prepared like local files", fingerprint=IF_CHANGED, show_default=False)
+    allow_private_urls: bool = _option(False, "let --fetch-remote reach loopback, private and link-local addresses", show_default=False)
+    image_detail: str | None = _option(None, "image detail for OpenAI-style models (default: not sent)", choices=("low", "high", "auto"), fingerprint=IF_CHANGED)
+    image_formats: str = _option("auto", "image types the provider takes as they are, e.g. jpeg,png,webp; others are converted "
+                                "(auto: no GIF for Ollama and Gemini, by --base-url and --model)", metavar="LIST", fingerprint=IF_CHANGED)
+    stream: bool = _option(False, "ask for a streamed answer (stream: true, with usage in the last chunk)", show_default=False)
+    stall_timeout: float = _option(60.0, "with --stream, longest silence between chunks", metavar="SECONDS")
+    max_tokens_field: str = _option("auto", "which field carries --max-tokens; auto picks max_completion_tokens for OpenAI reasoning models",
+                                   choices=("auto", "max_tokens", "max_completion_tokens"))
+    extra_body: dict[str, Any] = _option(help="merged into every request body", default_factory=dict, flag=None, fingerprint=IF_CHANGED)
+    extra_headers: dict[str, str] = _option(help="sent with every request (not Authorization)", default_factory=dict, flag=None)
     api_key: Secret | None = None
 
     def redact(self, text: str) -> str:
@@ -79,7 +85,9 @@ class JobConfig:
         return options
 
 
-OPTION_NAMES = frozenset(f.name for f in fields(JobConfig)) - {"api_key"}
+OPTION_NAMES = frozenset(f.name for f, _ in declared(JobConfig))
+# Options that an environment variable may set (log_format's is read by the CLI, before logging starts).
+ENVIRONMENT = {f.name: o.env for f, o in declared(JobConfig) if o.env and f.name != "log_format"}
 PATH_OPTIONS = ("manifest", "output", "prices")
 
 

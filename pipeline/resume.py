@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import JobConfig
+from .options import ALWAYS, IF_CHANGED, declared
 from .hashedset import HashedSet
 from .files import journal_path, not_our_output
 from .writer import read_journal
@@ -33,18 +34,14 @@ _INDEX_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("finge
 
 def fingerprinter(config: JobConfig) -> Callable[[str], str]:
     """prompt -> fingerprint, for this job's settings (cached: most rows share one prompt)."""
-    settings = {
-        "model": config.model,
-        "system": config.system,
-        "max_tokens": config.max_tokens,
-        "temperature": config.temperature,
-    }
-    # A setting added later goes in only when it differs from its default, so
-    # that existing outputs keep their fingerprints when the code grows.
+    # Which settings join is declared with each option (options.py). A setting added later goes in only
+    # when it differs from its default, so that existing outputs keep their fingerprints when the code grows.
     defaults = JobConfig()
-    for name in ("max_image_side", "max_image_bytes", "image_detail", "fetch_remote", "extra_body", "image_formats"):
-        if getattr(config, name) != getattr(defaults, name):
-            settings[name] = getattr(config, name)
+    settings = {
+        f.name: getattr(config, f.name)
+        for f, o in declared(JobConfig)
+        if o.fingerprint == ALWAYS or (o.fingerprint == IF_CHANGED and getattr(config, f.name) != getattr(defaults, f.name))
+    }
 
     @lru_cache(maxsize=4096)
     def fingerprint(prompt: str) -> str:
