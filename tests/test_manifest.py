@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ManifestError
-import pipeline.manifest
+import pipeline.manifest_readers
 from pipeline.manifest import open_manifest
 
 
@@ -252,7 +252,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     path = write(tmp_path / "m.txt", "a.jpg\n")
-    monkeypatch.setattr(pipeline.manifest, "open", denied, raising=False)  # works as root too
+    monkeypatch.setattr(pipeline.manifest_readers, "open", denied, raising=False)  # works as root too
     with pytest.raises(ManifestError, match="cannot read manifest .*m.txt: Permission denied"):
         open_manifest(path)
 
