@@ -1,6 +1,9 @@
-"""Small things several test files need."""
+"""Small things several test files need; conftest.py offers them as fixtures too."""
 
+import pyarrow.parquet as pq
 from PIL import Image
+
+from pipeline import load_config, run_job
 
 
 def make_images(folder, n, size=(40, 30)):
@@ -12,3 +15,20 @@ def make_images(folder, n, size=(40, 30)):
         Image.new("RGB", size, ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)).save(p)
         paths.append(p)
     return paths
+
+
+def image_manifest(folder, n, size=(40, 30)):
+    """A .txt manifest of n fresh images in folder/img/."""
+    images = make_images(folder / "img", n, size)
+    manifest = folder / "m.txt"
+    manifest.write_text("".join(f"img/{p.name}\n" for p in images))
+    return manifest
+
+
+def caption(manifest, output, base_url, key, *, job=None, **flags):
+    """The job in-process, as a notebook runs it: (summary, {id: row}) of the output it wrote."""
+    config = load_config({"manifest": manifest, "output": output, "base_url": base_url, **flags},
+                         environ={"ANYFAST_API_KEY": key}, job_file=job)
+    summary = run_job(config)
+    rows = pq.read_table(config.output).to_pylist() if config.output.exists() else []
+    return summary, {r["id"]: r for r in rows}

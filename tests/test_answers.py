@@ -2,11 +2,9 @@
 
 import time
 
-import pyarrow.parquet as pq
 import pytest
 
-from helpers import make_images
-from pipeline import load_config, run_job
+from helpers import caption, image_manifest
 from pipeline.errors import QuotaExhaustedError, RunAborted, status_error_class
 from pipeline.failures import FailureWatch
 from pipeline.response import parse_error_body
@@ -16,15 +14,9 @@ KEY = "sk-answers-Zq8wX2vB7nM4kL9pR3tY6uH1"
 
 
 def run(simulator, tmp_path, n=1, **flags):
-    images = make_images(tmp_path / "img", n)
-    manifest = tmp_path / "m.txt"
-    manifest.write_text("".join(f"img/{p.name}\n" for p in images))
-    flags.setdefault("output", tmp_path / "out.parquet")
-    config = load_config({"manifest": manifest, "base_url": simulator.base_url, "concurrency": 1, **flags},
-                         environ={"ANYFAST_API_KEY": KEY})
-    summary = run_job(config)
-    rows = pq.read_table(config.output).to_pylist() if config.output.exists() else []
-    return summary, rows
+    output = flags.pop("output", tmp_path / "out.parquet")
+    summary, rows = caption(image_manifest(tmp_path, n), output, simulator.base_url, KEY, concurrency=1, **flags)
+    return summary, list(rows.values())
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -10,11 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
-from helpers import make_images
-from pipeline import load_config, run_job
+from helpers import caption, image_manifest
 from pipeline.simulator import SimulatorSettings, serve_in_thread
 
 MASTER_KEY = "sk-litellm-master-0123456789"
@@ -81,14 +79,7 @@ def sim(upstream):
 
 
 def run(base_url, tmp_path, n=3, key=MASTER_KEY, **flags):
-    images = make_images(tmp_path / "img", n)
-    manifest = tmp_path / "m.txt"
-    manifest.write_text("".join(f"img/{p.name}\n" for p in images))
-    config = load_config({"manifest": manifest, "output": tmp_path / "out.parquet", "base_url": base_url, "concurrency": 1, **flags},
-                         environ={"ANYFAST_API_KEY": key})
-    summary = run_job(config)
-    rows = pq.read_table(config.output).to_pylist() if config.output.exists() else []
-    return summary, {r["id"]: r for r in rows}
+    return caption(image_manifest(tmp_path, n), tmp_path / "out.parquet", base_url, key, concurrency=1, **flags)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers import make_images
+from helpers import caption, make_images
 from pipeline import load_config, run_job
 from pipeline.results import OUTPUT_SCHEMA
 from pipeline.simulator import image_key
@@ -25,12 +25,8 @@ def write_csv(path, rows, header="id,image"):
 
 
 def run(simulator, manifest, tmp_path, **flags):
-    flags.setdefault("output", tmp_path / "out.parquet")
-    flags.setdefault("base_url", simulator.base_url)
-    config = load_config({"manifest": manifest, **flags}, environ={"ANYFAST_API_KEY": KEY})
-    summary = run_job(config)
-    rows = pq.read_table(config.output).to_pylist() if config.output.exists() else []
-    return summary, {r["id"]: r for r in rows}
+    output = flags.pop("output", tmp_path / "out.parquet")
+    return caption(manifest, output, flags.pop("base_url", simulator.base_url), KEY, **flags)
 
 
 def data_url_key(path):

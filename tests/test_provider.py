@@ -4,11 +4,10 @@ import hashlib
 import json
 import random
 
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import load_config, run_job
+from helpers import caption
 from pipeline.records import Completion, ManifestRow, PreparedImage
 from pipeline.results import ok_row
 
@@ -16,11 +15,8 @@ KEY = "sk-provider-test"
 
 
 def run(simulator, manifest, tmp_path, job=None, **flags):
-    flags.setdefault("output", tmp_path / "out.parquet")
-    flags.setdefault("base_url", simulator.base_url)
-    config = load_config({"manifest": manifest, **flags}, environ={"ANYFAST_API_KEY": KEY}, job_file=job)
-    summary = run_job(config)
-    return summary, {r["id"]: r for r in pq.read_table(config.output).to_pylist()}
+    output = flags.pop("output", tmp_path / "out.parquet")
+    return caption(manifest, output, flags.pop("base_url", simulator.base_url), KEY, job=job, **flags)
 
 
 def noisy_jpeg(path, size):
@@ -203,12 +199,7 @@ def test_which_providers_take_gifs(base_url, model, gif):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_connections_are_reused_streamed_or_not(simulator, tmp_path, stream):
-    from helpers import make_images
-
-    images = make_images(tmp_path / "img", 40)
-    manifest = tmp_path / "m.txt"
-    manifest.write_text("".join(f"img/{p.name}\n" for p in images))
-    summary, rows = run(simulator, manifest, tmp_path, concurrency=4, stream=stream)
+def test_connections_are_reused_streamed_or_not(simulator, images, caption, tmp_path, stream):
+    summary, rows = caption(manifest_of(tmp_path, *(f"img/{p.name}" for p in images(40))), concurrency=4, stream=stream)
     assert summary.ok == 40
     assert simulator.stats()["connections"] <= 5  # 4 workers: a stream left before its end would cost one each
