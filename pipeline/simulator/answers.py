@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from pipeline.simulator.request import BadRequest
+from pipeline.simulator.settings import STATUS_ERRORS
 from pipeline.simulator.vision import count_usage
 
 
@@ -77,3 +78,17 @@ def malformed_body(variant: str, n: int, model: str) -> str:
     else:  # null_content
         completion["choices"][0]["message"]["content"] = None
     return json.dumps(completion)
+
+
+def status_response(status: int, headers: dict[str, str], retry_after: float, form: str, model: str = "") -> web.Response:
+    """A 4xx/5xx in OpenAI's shape; 429 and 503 advise a wait in the configured form."""
+    if status == 429:
+        type_, code = "rate_limit_error", "rate_limit_exceeded"
+        message = (f"Rate limit reached for requests per min (RPM) on {model or 'this model'}. "
+                   f"Please try again in {retry_after:g}s.")
+    else:
+        generic = ("server_error" if status >= 500 else "invalid_request_error", None, f"Simulated {status} error.")
+        type_, code, message = STATUS_ERRORS.get(status, generic)
+    if status in (429, 503):
+        headers = {**headers, **retry_after_headers(retry_after, form)}
+    return web.json_response(error_body(message, type_, code), status=status, headers=headers)

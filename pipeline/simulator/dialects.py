@@ -9,7 +9,8 @@ Answer faults change a well-formed 200 (plain or streamed):
 Stream error faults, each followed by `data: [DONE]` as the servers send it, in the shape of:
 - stream_error_llamacpp: llama.cpp's `error: {...}` line; stream_error_openrouter: OpenRouter's error chunk;
 - stream_error_vllm: today's vLLM `{"error": {..., "code": 500}}`; stream_error_vllm_old: vLLM 0.4-0.10.
-Status faults: gemini_429 (a JSON list with RetryInfo, no header), 402 (OpenRouter: no credits).
+Status faults: gemini_429 (a JSON list with RetryInfo, no header), 402 (OpenRouter: no credits), echo_key (a
+proxy page quoting the Authorization header), huge (a 12 MB answer with no Content-Length).
 `header_style = "litellm"` renames the provider's headers as LiteLLM's proxy does (llm_provider-*).
 """
 
@@ -93,3 +94,24 @@ def rename_like_a_gateway(request: web.BaseRequest, response: web.StreamResponse
         return
     for name in [n for n in response.headers if n.lower().startswith(GATEWAY_RENAMED)]:
         response.headers["llm_provider-" + name.lower()] = response.headers.pop(name)
+
+
+async def play_fault_dialect(fault: str, request: web.BaseRequest, headers: dict[str, str], retry_after: float) -> web.StreamResponse | None:
+    """The fault entries that play a provider's or proxy's own way of failing; None for any other fault."""
+    if fault == "echo_key":  # a proxy's error page that quotes the request, Authorization included
+        page = ("<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1><p>upstream failed; "
+                f"request was: POST /v1/chat/completions Authorization: {request.headers.get('Authorization', '')} "
+                "Content-Type: application/json</p></body></html>")
+        return web.Response(text=page, status=502, content_type="text/html", headers=headers)
+    if fault == "huge":  # a broken endpoint that never stops talking: 12 MB, chunked, no Content-Length
+        response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"choices": [{"message": {"content": "')
+        for _ in range(12):
+            await response.write(b"x" * (1024 * 1024))
+        await response.write(b'"}}]}')
+        await response.write_eof()
+        return response
+    if fault == "gemini_429":  # a JSON list, the wait only in the body's RetryInfo
+        return web.json_response(gemini_429_body(retry_after), status=429, headers=headers)
+    return None

@@ -30,13 +30,13 @@ from pipeline.simulator.answers import (
     error_body,
     image_key,
     malformed_body,
-    retry_after_headers,
+    status_response,
 )
 from pipeline.simulator.assets import AssetRoutes
-from pipeline.simulator.dialects import ANSWER_FAULTS, gemini_429_body, play_answer, rename_like_a_gateway, stream_error_frame
+from pipeline.simulator.dialects import ANSWER_FAULTS, play_answer, play_fault_dialect, rename_like_a_gateway, stream_error_frame
 from pipeline.simulator.limits import Limits, SlidingWindow, limit_error, retry_headers
 from pipeline.simulator.request import BadRequest, ChatRequest, parse_chat_request, recorded_headers, url_timeout
-from pipeline.simulator.settings import DEFAULT_MODEL, MALFORMED_VARIANTS, MAX_BODY_BYTES, STATUS_ERRORS, SimulatorSettings, SimulatorStats
+from pipeline.simulator.settings import DEFAULT_MODEL, MALFORMED_VARIANTS, MAX_BODY_BYTES, SimulatorSettings, SimulatorStats, pick_fault
 from pipeline.simulator.stream import STREAM_FAULTS, SSEWriter, completion_chunks, error_payload
 from pipeline.simulator.vision import (
     ImageFetchTimeout,
@@ -156,7 +156,7 @@ class Simulator:
         limits = Limits(settings.rpm_limit, settings.tpm_limit, settings.limit_window, settings.limit_headers)
         headers = {"x-request-id": f"req-sim-{n}", **self._window.peek(limits)}
         if not self._authorized(request):
-            return self._status_response(401, headers)
+            return self._status(401, headers)
         if isinstance(chat, BadRequest):
             return bad_request_response(chat, headers)
         if isinstance(chat, Exception):
@@ -184,7 +184,7 @@ class Simulator:
         counts = self.stats.images.setdefault(image_key(chat.image_url), {"requests": 0, "ok": 0})
         nth = counts["requests"]
         counts["requests"] += 1
-        fault = self._pick_fault(nth)
+        fault = pick_fault(self.settings, self._fault_rng, nth)
         if fault in STREAM_FAULTS and not chat.stream:
             fault = "reset" if fault == "truncated" else None  # a body cut short; the rest need a stream
         if fault is not None and fault not in STREAM_FAULTS and fault not in ANSWER_FAULTS:
@@ -208,7 +208,7 @@ class Simulator:
 
     async def _models(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return self._status_response(401, {})
+            return self._status(401, {})
         model = self.settings.model or DEFAULT_MODEL
         return web.json_response({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "simulator"}]})
 
@@ -257,25 +257,6 @@ class Simulator:
             return bool(token.strip())
         return hmac.compare_digest(token.encode(), self.settings.api_key.encode())
 
-    def _pick_fault(self, nth: int) -> str | None:
-        """The script decides while it lasts; after that, one seeded draw per request."""
-        script = self.settings.fault_script
-        if nth < len(script):
-            return None if script[nth] == "ok" else script[nth]
-        s = self.settings
-        draw = self._fault_rng.random()
-        for fault, rate in (("429", s.rate_429), ("5xx", s.rate_5xx), ("reset", s.rate_reset),
-                            ("hang", s.rate_hang), ("malformed", s.rate_malformed),
-                            ("stream_error", s.rate_stream_error), ("truncated", s.rate_truncated), ("stall", s.rate_stall)):
-            if draw < rate:
-                if fault == "5xx":
-                    return self._fault_rng.choice(("500", "502", "503", "529"))
-                if fault == "stream_error":
-                    return self._fault_rng.choice(("stream_error", "stream_error_vllm"))
-                return fault
-            draw -= rate
-        return None
-
     async def _inject(self, request: web.Request, fault: str, n: int, chat: ChatRequest, headers: dict[str, str]) -> web.StreamResponse:
         if fault == "malformed":
             fault = f"malformed:{MALFORMED_VARIANTS[self._malformed_turn % len(MALFORMED_VARIANTS)]}"
@@ -298,38 +279,16 @@ class Simulator:
             return web.Response(text=body, content_type="application/json", headers=headers)
         if fault == "url_timeout":
             return bad_request_response(url_timeout(chat.image_url), headers)
-        if fault == "echo_key":  # a proxy's error page that quotes the request, Authorization included
-            page = ("<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1><p>upstream failed; "
-                    f"request was: POST /v1/chat/completions Authorization: {request.headers.get('Authorization', '')} "
-                    "Content-Type: application/json</p></body></html>")
-            return web.Response(text=page, status=502, content_type="text/html", headers=headers)
-        if fault == "huge":  # a broken endpoint that never stops talking: 12 MB, chunked, no Content-Length
-            response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
-            await response.prepare(request)
-            await response.write(b'{"choices": [{"message": {"content": "')
-            for _ in range(12):
-                await response.write(b"x" * (1024 * 1024))
-            await response.write(b'"}}]}')
-            await response.write_eof()
-            return response
-        if fault == "gemini_429":  # a JSON list, the wait only in the body's RetryInfo
-            return web.json_response(gemini_429_body(self.settings.retry_after), status=429, headers=headers)
+        dialect = await play_fault_dialect(fault, request, headers, self.settings.retry_after)
+        if dialect is not None:
+            return dialect
         if fault == "quota":  # OpenAI's 429 for an account out of credit: retrying does not help
             body = error_body("You exceeded your current quota, please check your plan and billing details.", "insufficient_quota", "insufficient_quota")
             return web.json_response(body, status=429, headers=headers)
-        return self._status_response(int(fault), headers, model=chat.model)
+        return self._status(int(fault), headers, model=chat.model)
 
-    def _status_response(self, status: int, headers: dict[str, str], model: str = "") -> web.Response:
-        if status == 429:
-            type_, code = "rate_limit_error", "rate_limit_exceeded"
-            message = (f"Rate limit reached for requests per min (RPM) on {model or 'this model'}. "
-                       f"Please try again in {self.settings.retry_after:g}s.")
-        else:
-            generic = ("server_error" if status >= 500 else "invalid_request_error", None, f"Simulated {status} error.")
-            type_, code, message = STATUS_ERRORS.get(status, generic)
-        if status in (429, 503):
-            headers = {**headers, **retry_after_headers(self.settings.retry_after, self.settings.retry_after_form)}
-        return web.json_response(error_body(message, type_, code), status=status, headers=headers)
+    def _status(self, status: int, headers: dict[str, str], model: str = "") -> web.Response:
+        return status_response(status, headers, self.settings.retry_after, self.settings.retry_after_form, model)
 
     async def _start_stream(self, request: web.Request, headers: dict[str, str]) -> tuple[web.StreamResponse, SSEWriter]:
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -150,3 +151,23 @@ class SimulatorStats:
             "bodies": list(self.bodies),
             "connections": len(self.connections),
         }
+
+
+def pick_fault(settings: SimulatorSettings, rng: random.Random, nth: int) -> str | None:
+    """The script decides while it lasts; after that, one seeded draw per request."""
+    script = settings.fault_script
+    if nth < len(script):
+        return None if script[nth] == "ok" else script[nth]
+    s = settings
+    draw = rng.random()
+    for fault, rate in (("429", s.rate_429), ("5xx", s.rate_5xx), ("reset", s.rate_reset),
+                        ("hang", s.rate_hang), ("malformed", s.rate_malformed),
+                        ("stream_error", s.rate_stream_error), ("truncated", s.rate_truncated), ("stall", s.rate_stall)):
+        if draw < rate:
+            if fault == "5xx":
+                return rng.choice(("500", "502", "503", "529"))
+            if fault == "stream_error":
+                return rng.choice(("stream_error", "stream_error_vllm"))
+            return fault
+        draw -= rate
+    return None
