@@ -14,7 +14,7 @@ import logging
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Awaitable, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from .progress import Progress
 from .records import ManifestRow
@@ -60,18 +60,9 @@ def signals_to(stop: StopRequest) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-async def run_pool(
-    rows: Iterable[ManifestRow],
-    prepare: Callable[[ManifestRow], Awaitable[Ready | None]],
-    concurrency: int,
-    progress: Progress,
-    *,
-    send: Callable[[Ready], Awaitable[None]] | None = None,
-    stop: StopRequest | None = None,
-    grace: float = 0.0,
-) -> None:
-    """Run `rows` through a WorkerPool to the end (see there)."""
-    await WorkerPool(rows, prepare, concurrency, progress, send=send, stop=stop, grace=grace).run()
+async def run_pool(*args: Any, **kwargs: Any) -> None:
+    """Run rows through a WorkerPool (same arguments) to the end."""
+    await WorkerPool(*args, **kwargs).run()
 
 
 class WorkerPool:
