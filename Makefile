@@ -34,7 +34,7 @@ report: $(STAMP)
 	$(PY) -m pipeline report $(or $(OUTPUT),output/demo.parquet) $(ARGS)
 
 caption: $(STAMP)
-	$(PY) -m pipeline caption $(MANIFEST) $(if $(OUTPUT),--output $(OUTPUT)) $(if $(JOB),--job $(JOB)) $(ARGS)
+	$(PY) -m pipeline caption $(if $(MANIFEST),"$(MANIFEST)") $(if $(OUTPUT),--output "$(OUTPUT)") $(if $(JOB),--job "$(JOB)") $(ARGS)
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import logging
 import os
 import sys
@@ -90,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import report
 
         return report.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(parser, args, unknown)
     setup_logging(getattr(args, "log_format", None) or os.environ.get("CAPTION_LOG_FORMAT"))
     try:
         return args.func(args)
@@ -105,6 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         log.error("internal error: %s: %s (rerun with PIPELINE_DEBUG=1 for details, and report it)", type(e).__name__, e)
         return EXIT_INTERNAL
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> None:
+    """Unknown arguments, under the subcommand's own usage, with the flag that was probably meant (exit 2)."""
+    command = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    known = [flag for action in command._actions for flag in action.option_strings]
+    words = []
+    for arg in unknown:
+        guess = difflib.get_close_matches(arg.split("=")[0], known, n=1, cutoff=0.6) if arg.startswith("-") else []
+        words.append(f"{arg} (did you mean {guess[0]}?)" if guess else arg)
+    command.error("unrecognized arguments: " + " ".join(words))
 
 
 def _caption(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ read from the environment only (never from a file or a flag) and is wrapped in
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -118,6 +119,10 @@ def load_config(
         raise ConfigError("no manifest given: pass MANIFEST (a CSV, JSONL, Parquet, .txt file or a folder) or set `manifest` in the job file")
     if checked.get("output") is None:
         checked["output"] = Path("output") / f"{Path(checked['manifest']).stem or 'captions'}.parquet"
+    elif checked["output"].suffix.lower() != ".parquet":
+        # -o x.csv used to write Parquet into a file named .csv; `pipeline export` is for other formats.
+        raise ConfigError(f"--output must name a .parquet file, got {str(checked['output'])!r} "
+                          f"(try {str(checked['output'].with_suffix('.parquet'))!r})")
     config = JobConfig(**checked)
     key = _find_api_key(config.api_key_env, environ)
     if key is None and not config.dry_run:
@@ -140,7 +145,9 @@ def read_job_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"job file {path} sets api_key: keys never go in files; set api_key_env to the name of an environment variable instead")
     unknown = set(data) - OPTION_NAMES
     if unknown:
-        raise ConfigError(f"job file {path}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(OPTION_NAMES))}")
+        named = [f"{key} (did you mean {guess[0]}?)" if (guess := difflib.get_close_matches(key, OPTION_NAMES, n=1, cutoff=0.6)) else key
+                 for key in sorted(unknown)]
+        raise ConfigError(f"job file {path}: unknown option(s) {', '.join(named)}; known: {', '.join(sorted(OPTION_NAMES))}")
     for option in PATH_OPTIONS:
         if isinstance(data.get(option), str):
             data[option] = path.parent / Path(data[option]).expanduser()

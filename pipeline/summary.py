@@ -43,6 +43,8 @@ class RunSummary:
         return self.prompt_tokens + self.completion_tokens
 
     def line(self) -> str:
+        if self.rows == 0 and not self.skipped and not self.dry_run and not self.aborted:
+            return "nothing to caption: no rows to do (no output file was written)"
         if self.rows == 0 and self.skipped and not self.dry_run:
             return f"nothing to do: all {self.skipped} rows are already in {self.output} (0 requests sent; --redo captions them again)"
         errors = f" ({', '.join(f'{t}: {n}' for t, n in sorted(self.error_types.items()))})" if self.error_types else ""

@@ -133,3 +133,37 @@ def test_an_output_that_is_not_parquet_is_refused_and_left_alone(simulator, mani
     assert result.returncode == 2 and "cannot be read as our Parquet output" in result.stderr
     assert "Traceback" not in result.stderr and out.read_text() == "my notes, not a table"
     assert simulator.stats()["requests"] == 0
+
+
+def test_a_typo_in_a_flag_gets_a_suggestion_under_the_subcommands_usage(manifest):
+    result = cli("caption", str(manifest), "--concurency", "4")
+    assert result.returncode == 2
+    assert "did you mean --concurrency?" in result.stderr and "usage: python -m pipeline caption" in result.stderr
+
+
+def test_a_typo_in_a_job_file_key_gets_a_suggestion(manifest, tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text("max_token = 100\n")
+    result = cli("caption", str(manifest), "--job", str(job), env={"ANYFAST_API_KEY": "sk-x"})
+    assert result.returncode == 2 and "max_token (did you mean max_tokens?)" in result.stderr
+
+
+def test_an_output_that_is_not_parquet_by_name_is_refused(manifest, tmp_path):
+    result = cli("caption", str(manifest), "-o", str(tmp_path / "x.csv"), env={"ANYFAST_API_KEY": "sk-x"})
+    assert result.returncode == 2 and "must name a .parquet file" in result.stderr and "x.parquet" in result.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_an_empty_folder_says_nothing_to_caption_and_names_no_file(simulator, tmp_path):
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    out = tmp_path / "out.parquet"
+    result = cli("caption", str(empty), "-o", str(out), "--base-url", simulator.base_url, "--log-format", "text",
+                 env={"ANYFAST_API_KEY": "sk-x"})
+    assert result.returncode == 0 and "nothing to caption" in result.stderr
+    assert str(out) not in result.stderr and not out.exists()
+
+
+def test_make_caption_quotes_paths_with_spaces(tmp_path):
+    dry = subprocess.run(["make", "-n", "caption", "MANIFEST=my photos/", "OUTPUT=my out.parquet"], cwd=ROOT, capture_output=True, text=True)
+    assert '"my photos/"' in dry.stdout and '--output "my out.parquet"' in dry.stdout
