@@ -181,8 +181,8 @@ def extra_columns(record: dict[str, Any] | tuple[list[str], list[str]]) -> dict[
 
 @lru_cache(maxsize=256)  # CSV and Parquet rows all share one set of columns; JSONL rows mostly do
 def _special_columns(names: tuple[str, ...]) -> tuple[str | None, str | None, str | None]:
-    """The (image, id, prompt) column names as written, or None where absent."""
-    columns = {name.strip(): name for name in reversed(names)}  # the first of repeated names wins
+    """The (image, id, prompt) column names as written, or None where absent; `Image` and `ID` count too."""
+    columns = {name.strip().lower(): name for name in reversed(names)}  # the first of repeated names wins
     image = next((columns[name] for name in IMAGE_COLUMNS if name in columns), None)
     return image, columns.get("id"), columns.get("prompt")
 
@@ -240,7 +240,7 @@ def _prompt(value: Any) -> str | None:
 
 
 def check_columns(path: Path, names: list[str]) -> None:
-    if not any(name.strip() in IMAGE_COLUMNS for name in names):
+    if not any(name.strip().lower() in IMAGE_COLUMNS for name in names):
         found = ", ".join(repr(name) for name in names) or "none"
         raise ManifestError(f"manifest {path} has no image column; found columns {found}; {_EXPECTED_IMAGE}")
 

@@ -258,8 +258,15 @@ def test_unreadable_file(tmp_path, monkeypatch):
 
 
 def test_csv_without_image_column_names_what_it_found(tmp_path):
-    with pytest.raises(ManifestError, match=r"found columns 'name', 'Image'; expected a column named image, path"):
-        open_manifest(write(tmp_path / "m.csv", "name,Image\nx,y\n"))
+    with pytest.raises(ManifestError, match=r"found columns 'name', 'Picture'; expected a column named image, path"):
+        open_manifest(write(tmp_path / "m.csv", "name,Picture\nx,y\n"))
+
+
+@pytest.mark.parametrize("header", ["ID,Image,Prompt", "id,IMAGE,prompt", " Id , URL ,PROMPT"])
+def test_column_names_match_whatever_their_case(tmp_path, header):
+    manifest = open_manifest(write(tmp_path / "m.csv", header + "\na, pic.jpg ,Say it.\n"))
+    [row] = list(manifest.rows())
+    assert (row.id, row.image.strip(), row.prompt, row.extra) == ("a", "pic.jpg", "Say it.", {})
 
 
 def test_parquet_without_image_column(tmp_path):
