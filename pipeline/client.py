@@ -118,8 +118,9 @@ class ChatClient:
             raise
 
     def _status_error(self, response: aiohttp.ClientResponse, raw: bytes) -> APIStatusError:
-        payload = error_payload(self._mask(raw.decode("utf-8", "replace")).encode())
-        message = error_message(payload) or snippet(self._mask(raw.decode("utf-8", "replace")))
+        masked = self._mask(raw.decode("utf-8", "replace"))  # before any of it is cut into a message
+        payload = error_payload(masked.encode())
+        message = error_message(payload) or snippet(masked)
         code = error_code(payload)
         status = response.status
         retry_after = retry_after_seconds(response.headers)
