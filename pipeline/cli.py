@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib
 import logging
 import os
 import sys
 import traceback
+from functools import partial
 
 from . import __version__
 from .config import JobConfig, load_config
@@ -27,6 +29,7 @@ from .options import Option, declared, flag_of, kind_of
 log = logging.getLogger("pipeline")
 
 D = JobConfig()  # built-in defaults, shown in --help
+SUBPROGRAMS = {"simulate": ".simulator", "report": ".report", "status": ".status", "export": ".export"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_option(c, field, opt)
     c.set_defaults(func=_caption)
 
-    commands.add_parser("simulate", help="serve the bundled OpenAI-compatible simulator (see: simulate --help)", add_help=False)
+    commands.add_parser("status", help="how far an output is: counts, errors, cost, last runs, rows left (see: status --help)", add_help=False)
+    commands.add_parser("export", help="an output's rows as CSV or JSON lines (see: export --help)", add_help=False)
     commands.add_parser("report", help="write a self-contained HTML review page for an output (see: report --help)", add_help=False)
+    commands.add_parser("simulate", help="serve the bundled OpenAI-compatible simulator (see: simulate --help)", add_help=False)
     d = commands.add_parser("demo", help="run the job on sample_data/ against the simulator on loopback (no key, no network)")
     d.add_argument("-o", "--output", default="output/demo.parquet", help="where to write the demo's output")
     d.set_defaults(func=_demo)
@@ -83,21 +88,17 @@ def add_option(parser: argparse.ArgumentParser, field: dataclasses.Field, opt: O
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["simulate"]:
-        from . import simulator
-
-        return simulator.main(argv[1:])
-    if argv[:1] == ["report"]:
-        from . import report
-
-        return report.main(argv[1:])
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        _refuse_unknown(parser, args, unknown)
-    setup_logging(getattr(args, "log_format", None) or os.environ.get("CAPTION_LOG_FORMAT"))
+    if argv[:1] and argv[0] in SUBPROGRAMS:  # commands with their own parser, imported only when used
+        command = partial(_subprogram, argv[0], argv[1:])
+    else:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            _refuse_unknown(parser, args, unknown)
+        setup_logging(getattr(args, "log_format", None) or os.environ.get("CAPTION_LOG_FORMAT"))
+        command = partial(args.func, args)
     try:
-        return args.func(args)
+        return command()
     except (ConfigError, ManifestError, OutputLocked, OutputWriteError) as e:
         log.error("error: %s", e)
         return exit_code_for(e)
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         log.error("internal error: %s: %s (rerun with PIPELINE_DEBUG=1 for details, and report it)", type(e).__name__, e)
         return EXIT_INTERNAL
+
+
+def _subprogram(name: str, argv: list[str]) -> int:
+    return importlib.import_module(SUBPROGRAMS[name], __package__).main(argv)
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> None:

@@ -29,6 +29,18 @@ def row_cost(price: Price | None, billed: BilledUsage) -> float | None:
     return price.cost(billed.prompt or 0, billed.completion or 0, billed.cached or 0)
 
 
+def unpriced_note(model: str, prices: Path | None) -> str:
+    """How a cost is shown when the model has no price: never as $0."""
+    return f"unknown (no price for {model} in {prices.name if prices else 'prices.toml'})"
+
+
+def show_cost(amount: float | None, unpriced: str | None = None) -> str:
+    """$0.0123, or the unpriced note."""
+    if unpriced is not None or amount is None:
+        return unpriced or "unknown"
+    return f"${amount:.4f}"
+
+
 def worst_case_cost(price: Price | None, tokens: int, max_tokens: int) -> float:
     """The most a request estimated at `tokens` (input plus `max_tokens`) can cost: all of max_tokens answered."""
     return price.cost(tokens - max_tokens, max_tokens) if price else 0.0

@@ -51,6 +51,15 @@ class CaptionJob:
         self.failures = FailureWatch(config.max_consecutive_failures)
         self.price = load_price(config.prices, config.model)
         self.budget = Budget(config.max_cost)
+        self.refused: float | None = None  # the worst case of a request --max-cost did not let go
+
+    def budget_note(self) -> str | None:
+        """At --max-cost: the cap, what was spent (and is in flight), and what the next request could cost."""
+        if self.refused is None:
+            return None
+        flight = f", ${self.budget.reserved:.4f} in flight" if self.budget.reserved > 1e-12 else ""
+        return (f"--max-cost ${self.config.max_cost:g}: ${self.budget.spent:.4f} spent{flight}; "
+                f"the next request could cost up to ${self.refused:.4f} (input plus all of --max-tokens {self.config.max_tokens})")
 
     async def prepare(self, row: ManifestRow) -> ReadyRequest | None:
         """Load the row's image and build its request; a row that fails here is finished (None)."""
@@ -71,7 +80,8 @@ class CaptionJob:
         """Send a prepared row (with retries) within the cost budget, and write its result."""
         worst_case = worst_case_cost(self.price, ready.tokens, self.config.max_tokens)
         if not self.budget.reserve(worst_case):  # not sent: the next run takes it
-            self.stop("max-cost", f" (${self.budget.spent:.4f} spent, ${self.budget.reserved:.4f} in flight, limit ${self.config.max_cost:g})")
+            self.refused = max(self.refused or 0.0, worst_case)
+            self.stop("max-cost", f" ({self.budget_note()})")
             return
         try:
             result, error = await self._send(ready.row, ready.image, ready.body, ready.tokens, ready.fingerprint)
@@ -94,11 +104,17 @@ class CaptionJob:
             nonlocal attempts, started
             attempts += 1
             started = time.monotonic()
-            return await self.client.complete(body, stream=self.config.stream, tokens=tokens)
+            self.progress.attempt_started(first=attempts == 1)
+            try:
+                return await self.client.complete(body, stream=self.config.stream, tokens=tokens)
+            except Exception as e:
+                self.progress.attempt_failed(getattr(e, "status", None))
+                raise
 
         try:
             completion = await self.retry.run(attempt)
         except APIError as e:
+            self.progress.gave_up()
             # An empty answer or a refusal was billed: its row keeps the tokens and their cost.
             cost = self._cost(e.usage) if isinstance(e, AnswerError) else None
             return self._failed(row, e, fingerprint, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000,

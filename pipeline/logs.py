@@ -22,7 +22,7 @@ class JSONFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         event.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        return json.dumps(event, ensure_ascii=False, default=str)
+        return _redact.mask(json.dumps(event, ensure_ascii=False, default=str))  # the extra fields too
 
 
 class RedactFilter(logging.Filter):
@@ -34,11 +34,13 @@ class RedactFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            text = record.getMessage()
-            for secret in self.secrets:
-                text = secret.mask(text)
-            record.msg, record.args = text, None
+            record.msg, record.args = self.mask(record.getMessage()), None
         return True
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = secret.mask(text)
+        return text
 
 
 _redact = RedactFilter()
@@ -50,7 +52,7 @@ def setup_logging(log_format: str | None = None, stream: IO[str] | None = None) 
     if log_format is None:
         log_format = "text" if stream.isatty() else "json"
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JSONFormatter() if log_format == "json" else logging.Formatter("%(name)s: %(message)s"))
+    handler.setFormatter(JSONFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.addFilter(_redact)
     root = logging.getLogger("pipeline")
     root.handlers[:] = [handler]

@@ -49,11 +49,16 @@ class ManifestStats:
 
 class Manifest:
     # `unit` is what `line` counts, for messages: "line", or "record" for Parquet.
-    def __init__(self, path: Path, entries: Callable[[], Iterator[Entry]], count: Callable[[], int], unit: str = "line"):
+    def __init__(self, path: Path, entries: Callable[[], Iterator[Entry]], count: Callable[[], int], unit: str = "line", quiet: bool = False):
         self.path = path
         self.stats = ManifestStats()
         self._entries, self._count, self._unit = entries, count, unit
         self._counted: int | None = None
+        self._quiet = quiet  # a second reader: the first one warns
+
+    def second_reader(self) -> "Manifest":
+        """An independent reader of the same manifest, with its own stats and no warnings (plan.py counts with it)."""
+        return Manifest(self.path, self._entries, self.count, self._unit, quiet=True)
 
     def count(self) -> int:
         """A cheap estimate of the number of rows (never fewer than there are), for a progress bar."""
@@ -82,6 +87,8 @@ class Manifest:
     def _count_duplicate(self, line: int, row_id: str) -> None:
         stats = self.stats
         stats.duplicates += 1
+        if self._quiet:
+            return
         if stats.duplicates <= MAX_DUPLICATE_EXAMPLES:
             stats.duplicate_examples.append((line, row_id))
             log.warning("%s %s %d: duplicate id %r skipped", self.path.name, self._unit, line, row_id)

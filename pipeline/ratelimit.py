@@ -124,6 +124,7 @@ class RateLimiter:
         self.granted = dict.fromkeys(KINDS, 0)
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._pacing = False  # the task at the head of the queue is asleep until the rate lets it go
         self._update(now)
         self._buckets["tokens"].level = self._buckets["tokens"].burst
 
@@ -146,13 +147,15 @@ class RateLimiter:
         waited = False
         async with self._lock:
             while (seconds := self.delay(tokens)) > 0:
-                waited = True
+                waited = self._pacing = True
                 self._changed.clear()
                 try:  # sleep, but look again early if an answer changes the picture
                     async with asyncio.timeout(seconds):
                         await self._changed.wait()
                 except TimeoutError:
                     pass
+                finally:
+                    self._pacing = False
             now = self.clock()
             for kind, amount in zip(KINDS, (1, tokens)):
                 self._buckets[kind].add(-amount, now)
@@ -160,6 +163,16 @@ class RateLimiter:
                 self.granted[kind] += amount
                 self.peak[kind] = max(self.peak[kind], self.in_flight[kind])
             return Ticket(tokens, now, waited)
+
+    def holding(self) -> str | None:
+        """What holds requests back right now, in words for the progress display; None when nothing does."""
+        now = self.clock()
+        if now < self.hold_until:
+            return f"held {self.hold_until - now:.1f} s more after a 429 (Retry-After)"
+        if not self._pacing:
+            return None
+        rate = self._buckets["requests"].rate
+        return f"paced by the rate limit ({rate * WINDOW:.0f} requests/min)" if rate else "paced by the tokens-per-minute limit"
 
     def release(self, ticket: Ticket | None) -> None:
         """The attempt ended without an answer (connection error, timeout, cancel). Idempotent."""

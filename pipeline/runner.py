@@ -20,13 +20,15 @@ import aiohttp
 from .client import ChatClient
 from .config import JobConfig
 from .dryrun import dry_run
-from .cost import load_price
+from .cost import Price, load_price, unpriced_note
 from .errors import ConfigError, ManifestError, OutputWriteError, RunAborted, exit_code_for
 from .fetch import make_fetch_session
 from .images import ImageLoader
 from .job import CaptionJob
 from .lock import OutputLock
+from . import plan
 from .manifest import Manifest, open_manifest
+from .plan import IsDone
 from .pool import StopRequest, run_pool, signals_to
 from .progress import Counters, Progress
 from .providers import accepted_image_formats
@@ -60,22 +62,28 @@ async def run_job_async(config: JobConfig) -> RunSummary:
 
 async def _run(config: JobConfig, started_at: float) -> RunSummary:
     manifest = open_manifest(config.manifest)
-    if config.max_cost is not None and load_price(config.prices, config.model) is None:  # before any file is touched
+    price = load_price(config.prices, config.model)
+    if config.max_cost is not None and price is None:  # before any file is touched
         raise ConfigError(f"--max-cost needs a price for {config.model}: add it to a copy of {config.prices} and pass --prices")
     stop = StopRequest()
     aborted = None
     with OutputLock(config.output):
         writer = ResultWriter(config.output).open()
-        progress = Progress(manifest.count())
+        progress = _progress(config, manifest, price)
+        counting = None
         try:
             index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors)
-            rows = _rows_to_do(config, manifest, index, progress.counters)
+            is_done = _is_done(config, index)
+            counting = await plan.start(config, manifest, is_done, progress, index.rows_in_output)
+            rows = _rows_to_do(config, manifest, is_done, progress.counters)
+            limiter = RateLimiter(rpm=config.rpm, tpm=config.tpm)
+            progress.watch(limiter.holding)
             connector = aiohttp.TCPConnector(limit=config.concurrency)
             async with aiohttp.ClientSession(connector=connector) as session, _image_loader(config) as images:
                 client = ChatClient(
                     session, config.base_url, config.api_key, config.timeout,
                     stall_timeout=config.stall_timeout, extra_headers=config.extra_headers,
-                    limiter=RateLimiter(rpm=config.rpm, tpm=config.tpm), answer_tokens=config.max_tokens,
+                    limiter=limiter, answer_tokens=config.max_tokens,
                 )
                 job = CaptionJob(config, images, client, writer, progress, stop)
                 with signals_to(stop):
@@ -87,9 +95,11 @@ async def _run(config: JobConfig, started_at: float) -> RunSummary:
                     except* (ManifestError, OutputWriteError) as group:  # what finished is still written below
                         raise group.exceptions[0] from None
         finally:
+            if counting is not None:
+                counting.stop()
             progress.close()
             writer.close()
-        summary = summarize_run(config, manifest, progress, aborted=aborted, stopped_by=stop.reason)
+        summary = summarize_run(config, manifest, progress, aborted=aborted, stopped_by=stop.reason, budget=job.budget_note())
         append_run_record(config.output, run_record(config, summary, started_at))
     return summary
 
@@ -97,9 +107,14 @@ async def _run(config: JobConfig, started_at: float) -> RunSummary:
 async def _dry_run(config: JobConfig) -> RunSummary:
     manifest = open_manifest(config.manifest)
     index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors)
-    progress = Progress(manifest.count())
+    progress = _progress(config, manifest, load_price(config.prices, config.model))
+    rows = _rows_to_do(config, manifest, _is_done(config, index), progress.counters)
     async with _image_loader(config) as images:
-        return await dry_run(config, manifest, _rows_to_do(config, manifest, index, progress.counters), progress, images)
+        return await dry_run(config, manifest, rows, progress, images)
+
+
+def _progress(config: JobConfig, manifest: Manifest, price: Price | None) -> Progress:
+    return Progress(manifest.count(), limit=config.limit, unpriced=None if price else unpriced_note(config.model, config.prices))
 
 
 @asynccontextmanager
@@ -114,14 +129,25 @@ async def _image_loader(config: JobConfig) -> AsyncIterator[ImageLoader]:
         yield ImageLoader(**settings, fetch_session=fetch_session, fetch_timeout=config.timeout)
 
 
-def _rows_to_do(config: JobConfig, manifest: Manifest, index: ResumeIndex, counters: Counters) -> Iterator[ManifestRow]:
+def _is_done(config: JobConfig, index: ResumeIndex) -> IsDone | None:
+    """(id, prompt, source) -> the output already holds this row's answer; None when the output holds nothing."""
+    if not index.rows_in_output:  # no need to ask for each row
+        return None
     fingerprint = fingerprinter(config)
+    return lambda row_id, prompt, source: index.is_done(row_id, fingerprint(prompt or config.prompt), source)
 
-    def done(row_id: str, prompt: str | None, source: str) -> bool:
-        if index.is_done(row_id, fingerprint(prompt or config.prompt), source):
+
+def _rows_to_do(config: JobConfig, manifest: Manifest, is_done: IsDone | None, counters: Counters) -> Iterator[ManifestRow]:
+    def skip(row_id: str, prompt: str | None, source: str) -> bool:
+        if is_done(row_id, prompt, source):
             counters.skipped += 1
             return True
         return False
 
-    todo = manifest.rows(skip=done if index.rows_in_output else None)  # an empty output: no need to ask for each row
-    return todo if config.limit is None else itertools.islice(todo, config.limit)
+    todo = manifest.rows(skip=skip if is_done else None)
+    todo = todo if config.limit is None else itertools.islice(todo, config.limit)
+    yielded = 0
+    for row in todo:
+        yielded += 1
+        yield row
+    counters.total = yielded  # the reader has seen every row: the count is exact now

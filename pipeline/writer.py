@@ -195,7 +195,7 @@ class SpilledJournal:
         with pa.ipc.new_file(part, table.schema, options=_SPILL_OPTIONS) as spill:
             spill.write_table(table)
         self._ids.extend(table.column("id").chunks)
-        self.schema = table.schema if self.schema is None else _unified_schema(self.schema, table.schema)
+        self.schema = table.schema if self.schema is None else unified_schema(self.schema, table.schema)
         self.rows += len(rows)
 
     def newest_rows(self) -> tuple[pa.Array, Iterator[pa.Table]]:
@@ -226,7 +226,7 @@ def merge_into_output(output: Path, new: SpilledJournal) -> None:
         old = pq.ParquetFile(output) if output.exists() else None
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise not_our_output(output, e) from None
-    schema = _unified_schema(old.schema_arrow if old else None, new.schema)
+    schema = unified_schema(old.schema_arrow if old else None, new.schema)
     replaced, new_tables = new.newest_rows()
     temporary = temporary_path(output)
     try:
@@ -235,10 +235,10 @@ def merge_into_output(output: Path, new: SpilledJournal) -> None:
                 for batch in old.iter_batches(batch_size=65_536):
                     kept = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=replaced)))
                     if kept.num_rows:
-                        parquet.write_table(_conform(pa.Table.from_batches([kept]), schema))
+                        parquet.write_table(conform(pa.Table.from_batches([kept]), schema))
             for table in new_tables:
                 if table.num_rows:
-                    parquet.write_table(_conform(table, schema))
+                    parquet.write_table(conform(table, schema))
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         os.replace(temporary, output)
@@ -247,7 +247,7 @@ def merge_into_output(output: Path, new: SpilledJournal) -> None:
     fsync_directory(output.parent)
 
 
-def _unified_schema(old: pa.Schema | None, new: pa.Schema) -> pa.Schema:
+def unified_schema(old: pa.Schema | None, new: pa.Schema) -> pa.Schema:
     """Old columns in their order, then new ones; a column whose types cannot be reconciled becomes text."""
     fields = {f.name: f for f in (old or new)}
     for f in new:
@@ -261,7 +261,7 @@ def _unified_schema(old: pa.Schema | None, new: pa.Schema) -> pa.Schema:
     return pa.schema(list(fields.values()))
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     columns = []
     for field in schema:
         if field.name not in table.column_names:

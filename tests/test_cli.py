@@ -65,6 +65,8 @@ def test_exit_1_when_some_rows_failed(simulator, manifest, tmp_path):
     result = cli("caption", manifest, "-o", tmp_path / "o.parquet", "--base-url", simulator.base_url, env={"ANYFAST_API_KEY": KEY})
     assert result.returncode == 1
     assert "image_missing: 1" in result.stderr
+    assert f"1 row failed (a rerun tries them again): see them with `pipeline status {tmp_path / 'o.parquet'}`" in result.stderr
+    assert "rows left" not in result.stderr  # it finished: nothing is left
 
 
 @pytest.mark.parametrize(
@@ -92,6 +94,7 @@ def test_exit_3_on_auth_failure_and_the_key_is_never_shown(simulator, manifest, 
     assert result.returncode == 3
     assert "authentication" in result.stderr.lower() or "401" in result.stderr
     assert simulator.stats()["requests"] == 1  # aborted at once
+    assert "rows left: fix the cause above, then rerun the same command to continue" in result.stderr
     assert KEY not in result.stderr + result.stdout
     assert KEY.encode() not in out.read_bytes()
 

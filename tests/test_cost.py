@@ -76,6 +76,8 @@ def test_a_model_without_a_price_has_no_cost_and_max_cost_refuses_it(simulator, 
     manifest = _images(tmp_path, 1)
     run_job(_config(simulator, manifest, tmp_path, model="unpriced-model"))
     assert pq.read_table(tmp_path / "o.parquet").column("cost_usd").to_pylist() == [None]
+    summary = run_job(_config(simulator, manifest, tmp_path, model="unpriced-model", redo=True))
+    assert summary.cost_usd is None and "cost unknown (no price for unpriced-model in prices.toml)" in summary.line()
     with pytest.raises(ConfigError, match="needs a price for unpriced-model"):
         run_job(_config(simulator, manifest, tmp_path, model="unpriced-model", max_cost=1.0, redo=True))
 
@@ -87,6 +89,10 @@ def test_max_cost_stops_before_spending_more_and_a_rerun_continues(simulator, tm
     summary = run_job(_config(simulator, manifest, tmp_path, max_cost=0.012, concurrency=2))
     assert summary.exit_code == 4 and summary.stopped_by == "max-cost"
     assert 0 < summary.ok < 12 and summary.cost_usd <= 0.012
+    ending = summary.line()
+    assert f"--max-cost $0.012: ${summary.cost_usd:.4f} spent; the next request could cost up to $0.00" in ending
+    left = 12 - summary.rows
+    assert f"{left} row{'s' * (left != 1)} left: raise --max-cost, then rerun the same command to continue" in ending
     summary = run_job(_config(simulator, manifest, tmp_path))
     assert summary.exit_code == 0 and summary.skipped > 0
     assert pq.read_table(tmp_path / "o.parquet").num_rows == 12

@@ -154,6 +154,8 @@ def test_sigterm_stops_gracefully_with_143_and_a_rerun_finishes(simulator, tmp_p
     assert simulator.stats()["in_flight"] == 0
     runs = [json.loads(l) for l in (tmp_path / "out.parquet.runs.jsonl").read_text().splitlines()]
     assert runs[-1]["exit_code"] == 143 and runs[-1]["stopped_by"] == "SIGTERM"
+    left = 40 - len(stopped)
+    assert runs[-1]["left"] == left and f"{left} row{'s' * (left != 1)} left: rerun the same command to continue" in stderr
     code, _ = run(manifest, out, simulator.base_url, "--concurrency", 4)
     assert code == 0 and len(rows_of(out)) == 40
     assert max(c["ok"] for c in simulator.stats()["images"].values()) == 1  # nothing paid twice

@@ -1,6 +1,7 @@
 import io
 import json
 import logging
+import re
 
 from pipeline.logs import redact_in_logs, setup_logging
 
@@ -15,11 +16,19 @@ def test_json_lines_with_extra_fields_and_the_key_redacted():
     assert "sk-log-SECRET" not in stream.getvalue()
 
 
-def test_text_format():
+def test_text_lines_carry_a_timestamp():
     stream = io.StringIO()
     setup_logging("text", stream)
     logging.getLogger("pipeline").warning("careful")
-    assert stream.getvalue() == "pipeline: careful\n"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d pipeline: careful\n", stream.getvalue())
+
+
+def test_the_key_is_masked_in_the_extra_fields_of_a_json_line_too():
+    stream = io.StringIO()
+    setup_logging("json", stream)
+    redact_in_logs("sk-extra-SECRET-123")
+    logging.getLogger("pipeline").info("start", extra={"options": {"base_url": "http://u:sk-extra-SECRET-123@h/v1"}})
+    assert "sk-extra-SECRET" not in stream.getvalue() and json.loads(stream.getvalue())["options"]["base_url"] == "http://u:***@h/v1"
 
 
 def test_default_is_json_when_not_a_terminal():
