@@ -34,6 +34,9 @@ class JobConfig:
 
     manifest: Path | None = _option(None, "CSV, JSONL, Parquet, .txt (one image per line) or a folder of images", flag=None)
     output: Path | None = _option(None, "Parquet file to write (default: output/<manifest name>.parquet)", short="-o", metavar="PATH")
+    image_column: str | None = _option(None, "the manifest column that holds the image path or URL, any case "
+                                      "(default: the first of image, path, url, image_url, file)", metavar="NAME")
+    id_column: str | None = _option(None, "the manifest column that holds each row's id, any case (default: id, else the image value)", metavar="NAME")
     base_url: str = _option("https://www.anyfast.ai/v1", "the provider's OpenAI-compatible API root", metavar="URL", env="CAPTION_BASE_URL")
     model: str = _option("claude-sonnet-4-20250514", "model to ask", metavar="NAME", env="CAPTION_MODEL", fingerprint=ALWAYS)
     api_key_env: str = _option(DEFAULT_API_KEY_ENV, f"environment variable that holds the API key (falls back to {FALLBACK_API_KEY_ENV})", metavar="NAME")

@@ -13,6 +13,7 @@ Pure and synchronous: images.py calls it inside its worker thread.
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -43,6 +44,9 @@ _PILLOW_FORMATS = {
     "image/webp": "WEBP",
     "image/bmp": "BMP",
     "image/tiff": "TIFF",
+    "image/avif": "AVIF",  # Pillow's own plugin
+    "image/heic": "HEIF",  # pillow-heif's (the [heic] extra)
+    "image/heif": "HEIF",
 }
 # Formats providers accept, and the modes each one sends without surprises.
 _SENDABLE_MODES = {
@@ -73,6 +77,8 @@ def prepare_image(
     `accepted`: the MIME types the provider takes as they are (providers.accepted_image_formats).
     """
     pillow_format = _PILLOW_FORMATS.get(mime)
+    if pillow_format == "HEIF":
+        _need_heif()
     try:
         with Image.open(BytesIO(data), formats=[pillow_format] if pillow_format else None) as img:
             width, height = img.size
@@ -93,6 +99,23 @@ def prepare_image(
     out_format = "PNG" if fixed.mode == "RGBA" else "JPEG"
     fixed, encoded = _encode_to_fit(fixed, out_format, max_bytes)
     return PreparedBytes(encoded, f"image/{out_format.lower()}", *fixed.size, width, height, changed=True)
+
+
+@lru_cache(maxsize=1)
+def _heif_opener() -> bool:
+    """Register pillow-heif's opener with Pillow, the first time a HEIC image comes (its import is not free)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def _need_heif() -> None:
+    if not _heif_opener():
+        raise ImageUnreadableError("a HEIC/HEIF image (an iPhone photo): reading it needs pillow-heif; "
+                                   "install it with pip install 'pipeline[heic]' (make installs it), or convert the file to JPEG")
 
 
 def ends_whole(data: bytes, mime: str) -> bool:
@@ -116,7 +139,7 @@ def ends_whole(data: bytes, mime: str) -> bool:
 
 def _name(mime: str) -> str:
     """image/webp -> WebP: the name people know a format by."""
-    return {"image/webp": "WebP"}.get(mime, mime.partition("/")[2].upper())
+    return {"image/webp": "WebP", "image/heif": "HEIF"}.get(mime, mime.partition("/")[2].upper())
 
 
 def base64_len(num_bytes: int) -> int:

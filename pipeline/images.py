@@ -25,7 +25,7 @@ from .imageprep import prepare_image
 from .providers import ALL_FORMATS
 from .records import ManifestRow, PreparedImage
 
-_KNOWN = "JPEG/PNG/GIF/WebP/BMP/TIFF"
+_KNOWN = "JPEG/PNG/GIF/WebP/BMP/TIFF/HEIC/AVIF"
 
 
 def sniff_mime(head: bytes) -> str | None:
@@ -42,7 +42,15 @@ def sniff_mime(head: bytes) -> str | None:
         return "image/bmp"
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return "image/tiff"
+    if head[4:8] == b"ftyp":  # ISO media: the brand says which
+        return _ISO_BRANDS.get(head[8:12])
     return None
+
+
+# HEIC is what iPhones save; AVIF what browsers and Android increasingly do. Both are converted before sending.
+_ISO_BRANDS = {b"heic": "image/heic", b"heix": "image/heic", b"heim": "image/heic", b"heis": "image/heic",
+               b"hevc": "image/heic", b"hevx": "image/heic", b"mif1": "image/heif", b"msf1": "image/heif",
+               b"avif": "image/avif", b"avis": "image/avif"}
 
 
 class ImageLoader:

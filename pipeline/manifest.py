@@ -20,14 +20,17 @@ from typing import Callable, Iterator
 from .errors import ManifestError
 from .hashedset import HashedSet
 from .manifest_readers import (
+    USUAL,
+    Chosen,
     Entry,
     check_columns,
     count_lines,
     csv_entries,
     csv_header,
     extra_columns,
+    sampled_names,
     folder_entries,
-    image_files,
+    scan_folder,
     open_file,
     parquet_file,
     read_jsonl,
@@ -49,16 +52,19 @@ class ManifestStats:
 
 class Manifest:
     # `unit` is what `line` counts, for messages: "line", or "record" for Parquet.
-    def __init__(self, path: Path, entries: Callable[[], Iterator[Entry]], count: Callable[[], int], unit: str = "line", quiet: bool = False):
+    def __init__(self, path: Path, entries: Callable[[], Iterator[Entry]], count: Callable[[], int], unit: str = "line",
+                 chosen: Chosen = USUAL, quiet: bool = False):
         self.path = path
+        self.chosen = chosen
         self.stats = ManifestStats()
         self._entries, self._count, self._unit = entries, count, unit
         self._counted: int | None = None
         self._quiet = quiet  # a second reader: the first one warns
+        self.skipped_files = 0  # a folder's files that are not images
 
     def second_reader(self) -> "Manifest":
         """An independent reader of the same manifest, with its own stats and no warnings (plan.py counts with it)."""
-        return Manifest(self.path, self._entries, self.count, self._unit, quiet=True)
+        return Manifest(self.path, self._entries, self.count, self._unit, self.chosen, quiet=True)
 
     def count(self) -> int:
         """A cheap estimate of the number of rows (never fewer than there are), for a progress bar."""
@@ -82,7 +88,7 @@ class Manifest:
             stats.problems += problem is not None
             if skip is not None and skip(row_id, prompt, source):
                 continue
-            yield ManifestRow(line, row_id, image, source, prompt, extra_columns(record), problem)
+            yield ManifestRow(line, row_id, image, source, prompt, extra_columns(record, self.chosen), problem)
 
     def _count_duplicate(self, line: int, row_id: str) -> None:
         stats = self.stats
@@ -95,28 +101,44 @@ class Manifest:
         elif stats.duplicates == MAX_DUPLICATE_EXAMPLES + 1:
             log.warning("%s: more duplicate ids; counting them without logging each", self.path.name)
 
-def open_manifest(path: str | os.PathLike) -> Manifest:
-    """Check that the manifest can be read and return it; rows are read later, lazily."""
+def open_manifest(path: str | os.PathLike, image_column: str | None = None, id_column: str | None = None) -> Manifest:
+    """Check that the manifest can be read and return it; rows are read later, lazily.
+
+    `image_column` / `id_column` name the columns to use instead of the usual names (any case)."""
     path = Path(os.path.abspath(os.path.expanduser(path)))
+    chosen: Chosen = (image_column or None, id_column or None)
     if not path.exists():
         raise ManifestError(f"manifest not found: {path}")
+    if (path.is_dir() or path.suffix.lower() == ".txt") and chosen != USUAL:
+        what = "a folder" if path.is_dir() else "a .txt manifest"
+        raise ManifestError(f"--image-column and --id-column name columns of a CSV, JSONL or Parquet manifest; {path} is {what}, which has none")
     if path.is_dir():
-        return Manifest(path, partial(folder_entries, path), lambda: len(image_files(path)))
+        scan = scan_folder(path)  # once: the count, the plan and the reader see the same files
+        if scan.skipped:
+            log.warning("%s: skipped %d files that are not images (%s%s)", path, scan.skipped, ", ".join(scan.skipped_examples),
+                        ", ..." if scan.skipped > len(scan.skipped_examples) else "",
+                        extra={"event": "skipped_files", "skipped_files": scan.skipped, "examples": scan.skipped_examples})
+        manifest = Manifest(path, partial(folder_entries, path, scan.images), lambda: len(scan.images))
+        manifest.skipped_files = scan.skipped
+        return manifest
     base = str(path.parent)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         delimiter = "\t" if suffix == ".tsv" else ","
         with open_file(path, "r", encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f, delimiter=delimiter)
-            check_columns(path, csv_header(path, reader))
-        return Manifest(path, partial(csv_entries, path, delimiter, base), partial(count_lines, path, header=1))
+            check_columns(path, csv_header(path, reader), chosen)
+        return Manifest(path, partial(csv_entries, path, delimiter, base, chosen), partial(count_lines, path, header=1), chosen=chosen)
     if suffix in (".jsonl", ".ndjson", ".txt"):
         open_file(path).close()
+        if suffix != ".txt" and (names := sampled_names(path)) is not None:
+            check_columns(path, names, chosen, where=" (in its first 1000 lines)")
         read = read_txt if suffix == ".txt" else read_jsonl
-        return Manifest(path, lambda: ruled(read(path), base, "line"), partial(count_lines, path))
+        return Manifest(path, lambda: ruled(read(path), base, "line", chosen), partial(count_lines, path), chosen=chosen)
     if suffix == ".parquet":
-        check_columns(path, parquet_file(path).schema_arrow.names)
-        return Manifest(path, lambda: ruled(read_parquet(path), base, "record"), lambda: parquet_file(path).metadata.num_rows, "record")
+        check_columns(path, parquet_file(path).schema_arrow.names, chosen)
+        return Manifest(path, lambda: ruled(read_parquet(path), base, "record", chosen),
+                        lambda: parquet_file(path).metadata.num_rows, "record", chosen)
     kind = repr(path.suffix) if path.suffix else "(no extension)"
     raise ManifestError(
         f"unsupported manifest type {kind} for {path}; "

@@ -22,11 +22,15 @@ import pyarrow.parquet as pq
 from .errors import ManifestError, ManifestRowError
 
 IMAGE_COLUMNS = ("image", "path", "url", "image_url", "file")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"})
 
 _EXPECTED_IMAGE = "expected a column named image, path, url, image_url or file"
 _URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+
+# The image and id columns the user named (--image-column, --id-column), or None for the usual names.
+Chosen = tuple["str | None", "str | None"]
+USUAL: Chosen = (None, None)
 
 # An entry once the column rules have judged it, before its row is built:
 # (line, id, image, source, prompt, problem, record). `record` is what the reader
@@ -49,12 +53,12 @@ class Raw(NamedTuple):
 # --- one reader per format ----------------------------------------------------
 
 
-def csv_entries(path: Path, delimiter: str, base: str) -> Iterator[Entry]:
+def csv_entries(path: Path, delimiter: str, base: str, chosen: Chosen = USUAL) -> Iterator[Entry]:
     with open_file(path, "r", encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = csv_header(path, reader)
         width = len(header)
-        image_at, id_at, prompt_at = (None if name is None else header.index(name) for name in _special_columns(tuple(header)))
+        image_at, id_at, prompt_at = (None if name is None else header.index(name) for name in _special_columns(tuple(header), *chosen))
         try:
             start = reader.line_num + 1
             for cells in reader:
@@ -76,7 +80,7 @@ def csv_entries(path: Path, delimiter: str, base: str) -> Iterator[Entry]:
                     cells += [""] * (width - len(cells))  # short rows padded with ""
                 else:
                     problem = f"{len(cells)} fields, the header has {width} (an unquoted {delimiter!r}?)"
-                yield _apply_rules(Raw(line, dict(zip(header, cells)), problem), base, "line")
+                yield _apply_rules(Raw(line, dict(zip(header, cells)), problem), base, "line", chosen)
         except (UnicodeDecodeError, csv.Error) as e:
             raise _unreadable(path, reader, e) from None
 
@@ -110,6 +114,19 @@ def read_jsonl(path: Path) -> Iterator[Raw]:
                 yield Raw(line, {}, f"expected a JSON object, got {_JSON_TYPES.get(type(value), 'null')}")
 
 
+def sampled_names(path: Path, within: int = 1000) -> list[str] | None:
+    """The keys found in a JSONL manifest's first `within` lines, to check its columns up front (None: no object)."""
+    names: dict[str, None] = {}
+    found = False
+    for number, (_, fields, problem) in enumerate(read_jsonl(path)):
+        if number >= within:
+            break
+        if problem is None:
+            found = True
+            names.update(dict.fromkeys(fields))
+    return list(names) if found else None
+
+
 def read_txt(path: Path) -> Iterator[Raw]:
     for line, text in _lines(path):
         if text is None:
@@ -129,41 +146,54 @@ def read_parquet(path: Path) -> Iterator[Raw]:
         raise ManifestError(f"cannot read Parquet manifest {path} after record {record}: {e}") from None
 
 
-def folder_entries(root: Path) -> Iterator[Entry]:
-    # Not through _apply_rules: a file name is exact, never trimmed or resolved.
-    for index, name in enumerate(image_files(root), 1):
-        yield index, name, name, str(root / name), None, None, {}
+class FolderScan(NamedTuple):
+    images: list[str]  # relative paths (with /), sorted
+    skipped: int  # files that are not images we read (hidden files are not counted)
+    skipped_examples: list[str]
 
 
-def image_files(root: Path) -> list[str]:
-    """Relative paths (with /) of the images under root, hidden ones skipped, sorted."""
-    found = []
+def scan_folder(root: Path, examples: int = 5) -> FolderScan:
+    """The images under root (hidden files and folders left out), and what else was there."""
+    found, skipped, names = [], 0, []
     for folder, subfolders, files in os.walk(root, onerror=_folder_error):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         for name in files:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(Path(folder, name).relative_to(root).as_posix())
-    return sorted(found)
+            if name.startswith("."):
+                continue
+            relative = Path(folder, name).relative_to(root).as_posix()
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(relative)
+            else:
+                skipped += 1
+                if len(names) < examples:
+                    names.append(relative)
+    return FolderScan(sorted(found), skipped, sorted(names))
+
+
+def folder_entries(root: Path, images: list[str]) -> Iterator[Entry]:
+    # Not through _apply_rules: a file name is exact, never trimmed or resolved.
+    for index, name in enumerate(images, 1):
+        yield index, name, name, str(root / name), None, None, {}
 
 
 # --- the rules shared by all formats -------------------------------------------
 
 
-def ruled(raws: Iterator[Raw], base: str, unit: str) -> Iterator[Entry]:
+def ruled(raws: Iterator[Raw], base: str, unit: str, chosen: Chosen = USUAL) -> Iterator[Entry]:
     for raw in raws:
-        yield _apply_rules(raw, base, unit)
+        yield _apply_rules(raw, base, unit, chosen)
 
 
-def _apply_rules(raw: Raw, base: str, unit: str) -> Entry:
+def _apply_rules(raw: Raw, base: str, unit: str, chosen: Chosen = USUAL) -> Entry:
     """The entry `raw` makes; an unusable one gets a problem and no source."""
     line, fields, problem = raw
-    image_key, id_key, prompt_key = _special_columns(tuple(fields))
+    image_key, id_key, prompt_key = _special_columns(tuple(fields), *chosen)
     row_id = image = ""
     try:
         row_id = _id(fields.get(id_key))
         if problem:
             raise ManifestRowError(problem)
-        image = _image(fields, image_key)
+        image = _image(fields, image_key, chosen[0])
         row_id = row_id or image.strip()
         source = _source(image.strip(), base)
         prompt = _prompt(fields.get(prompt_key))
@@ -172,19 +202,22 @@ def _apply_rules(raw: Raw, base: str, unit: str) -> Entry:
     return line, row_id, image, source, prompt, None, fields
 
 
-def extra_columns(record: dict[str, Any] | tuple[list[str], list[str]]) -> dict[str, Any]:
+def extra_columns(record: dict[str, Any] | tuple[list[str], list[str]], chosen: Chosen = USUAL) -> dict[str, Any]:
     """The passthrough columns: all but image, id and prompt."""
     fields = record if isinstance(record, dict) else dict(zip(*record))  # a CSV row comes as (header, cells)
-    columns = _special_columns(tuple(fields))
+    columns = _special_columns(tuple(fields), *chosen)
     return {k: v for k, v in fields.items() if k not in columns}
 
 
 @lru_cache(maxsize=256)  # CSV and Parquet rows all share one set of columns; JSONL rows mostly do
-def _special_columns(names: tuple[str, ...]) -> tuple[str | None, str | None, str | None]:
+def _special_columns(names: tuple[str, ...], image_column: str | None = None, id_column: str | None = None) -> tuple[str | None, str | None, str | None]:
     """The (image, id, prompt) column names as written, or None where absent; `Image` and `ID` count too."""
     columns = {name.strip().lower(): name for name in reversed(names)}  # the first of repeated names wins
-    image = next((columns[name] for name in IMAGE_COLUMNS if name in columns), None)
-    return image, columns.get("id"), columns.get("prompt")
+    if image_column is not None:
+        image = columns.get(image_column.strip().lower())
+    else:
+        image = next((columns[name] for name in IMAGE_COLUMNS if name in columns), None)
+    return image, columns.get((id_column or "id").strip().lower()), columns.get("prompt")
 
 
 def _id(value: Any) -> str:
@@ -197,9 +230,9 @@ def _id(value: Any) -> str:
     return str(value).strip()
 
 
-def _image(fields: dict[str, Any], key: str | None) -> str:
+def _image(fields: dict[str, Any], key: str | None, named: str | None = None) -> str:
     if key is None:
-        raise ManifestRowError(f"no image value ({_EXPECTED_IMAGE})")
+        raise ManifestRowError(f"no {named!r} value (--image-column)" if named else f"no image value ({_EXPECTED_IMAGE})")
     value = fields[key]
     if value is not None and not isinstance(value, str):
         raise ManifestRowError(f"the image value in column {key!r} is not a string: {value!r:.60}")
@@ -239,10 +272,16 @@ def _prompt(value: Any) -> str | None:
 # --- file helpers ---------------------------------------------------------------
 
 
-def check_columns(path: Path, names: list[str]) -> None:
-    if not any(name.strip().lower() in IMAGE_COLUMNS for name in names):
-        found = ", ".join(repr(name) for name in names) or "none"
-        raise ManifestError(f"manifest {path} has no image column; found columns {found}; {_EXPECTED_IMAGE}")
+def check_columns(path: Path, names: list[str], chosen: Chosen = USUAL, where: str = "") -> None:
+    """Exit 2 with one message when the manifest has no image column, or lacks a column the user named."""
+    image, row_id, _ = _special_columns(tuple(names), *chosen)
+    found = ", ".join(repr(name) for name in names) or "none"
+    image_column, id_column = chosen
+    if image is None:
+        expected = f"--image-column names {image_column!r}" if image_column else f"{_EXPECTED_IMAGE} (or name it with --image-column)"
+        raise ManifestError(f"manifest {path} has no image column{where}; found columns {found}; {expected}")
+    if id_column and row_id is None:
+        raise ManifestError(f"manifest {path} has no column {id_column!r} (--id-column){where}; found columns {found}")
 
 
 def open_file(path: Path, mode: str = "rb", **kwargs: Any) -> Any:

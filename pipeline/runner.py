@@ -61,7 +61,7 @@ async def run_job_async(config: JobConfig) -> RunSummary:
 
 
 async def _run(config: JobConfig, started_at: float) -> RunSummary:
-    manifest = open_manifest(config.manifest)
+    manifest = open_manifest(config.manifest, config.image_column, config.id_column)
     price = load_price(config.prices, config.model)
     if config.max_cost is not None and price is None:  # before any file is touched
         raise ConfigError(f"--max-cost needs a price for {config.model}: add it to a copy of {config.prices} and pass --prices")
@@ -105,7 +105,7 @@ async def _run(config: JobConfig, started_at: float) -> RunSummary:
 
 
 async def _dry_run(config: JobConfig) -> RunSummary:
-    manifest = open_manifest(config.manifest)
+    manifest = open_manifest(config.manifest, config.image_column, config.id_column)
     index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors)
     progress = _progress(config, manifest, load_price(config.prices, config.model))
     rows = _rows_to_do(config, manifest, _is_done(config, index), progress.counters)

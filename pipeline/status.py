@@ -17,7 +17,7 @@ from .cost import show_cost, unpriced_note
 from .errors import EXIT_USAGE, ConfigError, ManifestError
 from .files import journal_path, runs_path
 from .hashedset import HashedSet
-from .manifest import open_manifest
+from .manifest import Manifest, open_manifest
 from .outputs import Output
 
 LAST_RUNS = 5
@@ -44,7 +44,7 @@ class Status:
     left_failed: int | None = None  # of those, ids with an error row
 
 
-def output_status(output: Path, manifest: Path | None = None) -> Status:
+def output_status(output: Path, manifest: Path | None = None, columns: tuple[str | None, str | None] = (None, None)) -> Status:
     out = Output(output) if output.exists() or _has_journal(output) else None
     status = Status(str(output), last_runs=_last_runs(output))
     if out is None and not status.last_runs:
@@ -71,10 +71,15 @@ def output_status(output: Path, manifest: Path | None = None) -> Status:
             ids = batch.column("id")
             ok_ids.update(pc.filter(ids, is_ok).to_pylist())
             failed_ids.update(pc.filter(ids, pc.invert(is_ok)).to_pylist())
+    last_options = status.last_runs[-1].get("options", {}) if status.last_runs else {}
+    for run in status.last_runs:
+        run.pop("options", None)
     status.models = [m for m, _ in models.most_common(3)]
     status.journal_rows = out.journal_rows if out else 0
     if manifest is not None:
-        _against_manifest(status, manifest, ok_ids, failed_ids)
+        if columns == (None, None):  # as the last run read it
+            columns = (last_options.get("image_column"), last_options.get("id_column"))
+        _against_manifest(status, open_manifest(manifest, *columns), ok_ids, failed_ids)
     return status
 
 
@@ -93,8 +98,7 @@ def _add_cost(status: Status, batch: Any) -> None:
         status.unpriced_rows += int(pc.sum(pc.cast(billed_unpriced, "int64")).as_py() or 0)
 
 
-def _against_manifest(status: Status, manifest: Path, ok_ids: HashedSet, failed_ids: HashedSet) -> None:
-    m = open_manifest(manifest)
+def _against_manifest(status: Status, m: Manifest, ok_ids: HashedSet, failed_ids: HashedSet) -> None:
     status.manifest, status.manifest_rows, status.left, status.left_failed = str(m.path), 0, 0, 0
     for row in m.rows():
         status.manifest_rows += 1
@@ -107,7 +111,7 @@ def _last_runs(output: Path) -> list[dict[str, Any]]:
     path = runs_path(output)
     if not path.exists():
         return []
-    keep = ("started_at", "ended_at", "exit_code", "rows", "ok", "error", "skipped", "cost_usd", "seconds", "stopped_by", "aborted", "error_types", "left")
+    keep = ("options", "started_at", "ended_at", "exit_code", "rows", "ok", "error", "skipped", "cost_usd", "seconds", "stopped_by", "aborted", "error_types", "left")
     runs = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[-LAST_RUNS:]:
         try:
@@ -158,10 +162,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pipeline status", description=__doc__.split("\n\n")[0])
     parser.add_argument("output", type=Path, help="the output a caption run wrote (.parquet)")
     parser.add_argument("manifest", nargs="?", type=Path, help="the manifest, to count the rows left")
+    parser.add_argument("--image-column", metavar="NAME", help="as for caption (default: what the last run used)")
+    parser.add_argument("--id-column", metavar="NAME", help="as for caption (default: what the last run used)")
     parser.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     args = parser.parse_args(argv)
     try:
-        status = output_status(args.output, args.manifest)
+        status = output_status(args.output, args.manifest, (args.image_column, args.id_column))
     except (ConfigError, ManifestError) as e:
         print(f"pipeline status: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -170,3 +170,17 @@ def test_an_empty_folder_says_nothing_to_caption_and_names_no_file(simulator, tm
 def test_make_caption_quotes_paths_with_spaces(tmp_path):
     dry = subprocess.run(["make", "-n", "caption", "MANIFEST=my photos/", "OUTPUT=my out.parquet"], cwd=ROOT, capture_output=True, text=True)
     assert '"my photos/"' in dry.stdout and '--output "my out.parquet"' in dry.stdout
+
+
+def test_a_jsonl_manifest_without_an_image_column_is_exit_2_and_image_column_fixes_it(simulator, tmp_path):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.jpg")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"key": "k1", "Photo": "a.jpg"}\n')
+    result = cli("caption", manifest, "-o", tmp_path / "o.parquet", "--base-url", simulator.base_url, env={"ANYFAST_API_KEY": KEY})
+    assert result.returncode == 2 and "has no image column" in result.stderr and "--image-column" in result.stderr
+    job = tmp_path / "job.toml"
+    job.write_text('image_column = "photo"\n')
+    result = cli("caption", manifest, "--job", job, "--id-column", "KEY", "-o", tmp_path / "o.parquet", "--base-url", simulator.base_url,
+                 env={"ANYFAST_API_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(tmp_path / "o.parquet").column("id").to_pylist() == ["k1"]
