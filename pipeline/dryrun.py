@@ -6,18 +6,46 @@ import dataclasses
 import json
 from typing import Any, Iterable
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from .config import JobConfig
-from .cost import load_price
-from .errors import ImageError, ManifestRowError
+from .cost import load_price, unpriced_note
+from .errors import ConfigError, ImageError, ManifestRowError
 from .estimate import estimate_input_tokens
 from .images import ImageLoader
+from .files import journal_path
 from .manifest import Manifest
+from .outputs import Output
 from .pool import run_pool
 from .progress import Progress
 from .records import ManifestRow
 from .request import build_chat_request
 from .results import error_row
 from .summary import RunSummary, summarize_run
+
+SAMPLED_ANSWERS = 100_000  # earlier answers read to ground the cost range (the first ones: bounded memory)
+
+
+def _answer_lengths(config: JobConfig) -> tuple[int, int, str]:
+    """The answer lengths to price: those of this output's earlier answers from the same model when there are any
+    (10th to 90th percentile), else a quarter of --max-tokens to all of it."""
+    if config.output is not None and (config.output.exists() or journal_path(config.output).exists()):
+        lengths = []
+        try:
+            for batch in Output(config.output).batches(["status", "model", "completion_tokens"]):
+                if not {"model", "completion_tokens"} <= set(batch.schema.names):
+                    break
+                mine = pc.and_(pc.equal(batch.column("status"), "ok"), pc.equal(batch.column("model"), config.model))
+                lengths.extend(pc.drop_null(pc.filter(batch.column("completion_tokens"), pc.fill_null(mine, False))).to_pylist())
+                if len(lengths) >= SAMPLED_ANSWERS:
+                    break
+        except ConfigError:
+            lengths = []  # not an output we can read: the run itself will say so
+        if lengths:
+            p10, p90 = (int(v) for v in pc.quantile(pa.array(lengths), q=[0.1, 0.9], interpolation="nearest").to_pylist())
+            return p10, max(p90, p10), f"10th to 90th percentile of {len(lengths):,} earlier answers in {config.output.name}"
+    return config.max_tokens // 4, config.max_tokens, "a guess from --max-tokens; a first run grounds it in real answers"
 
 
 async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[ManifestRow], progress: Progress, images: ImageLoader) -> RunSummary:
@@ -52,7 +80,7 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
     print(f"  already done in {config.output}: {c.skipped} rows")
     print(f"  would send {c.ok} requests to {config.base_url.rstrip('/')}/chat/completions (model {config.model})")
     if c.error:
-        print(f"  {c.error} rows would fail without a request:")
+        print(f"  {c.error} {'row' if c.error == 1 else 'rows'} would fail without a request:")
         print("\n".join(invalid) + ("\n  ..." if c.error > len(invalid) else ""))
     if manifest.stats.duplicates:
         print(f"  {manifest.stats.duplicates} duplicate ids would be skipped")
@@ -60,13 +88,13 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
     print(f"  estimated input tokens: {input_tokens:,}{guessed}")
     price = load_price(config.prices, config.model)
     if price is None:
-        print(f"  estimated cost: unknown ({config.model} has no price in {config.prices})")
+        print(f"  estimated cost: {unpriced_note(config.model, config.prices)}")
     elif c.ok:
-        # Captions rarely use all of max_tokens: the range runs from a quarter of it to all of it.
-        low = price.cost(input_tokens, c.ok * config.max_tokens // 4)
-        high = price.cost(input_tokens, c.ok * config.max_tokens)
+        low_answer, high_answer, grounds = _answer_lengths(config)
+        low = price.cost(input_tokens, c.ok * low_answer)
+        high = price.cost(input_tokens, c.ok * high_answer)
         print(f"  estimated cost: ${low:.4f} to ${high:.4f} (input ${price.cost(input_tokens, 0):.4f}; answers of "
-              f"{config.max_tokens // 4} to {config.max_tokens} tokens each)")
+              f"{low_answer} to {high_answer} tokens each: {grounds})")
     if example:
         print("  example request body:\n" + json.dumps(example[0], indent=2, ensure_ascii=False))
     return dataclasses.replace(summarize_run(config, manifest, progress, dry_run=True), estimated_input_tokens=input_tokens)

@@ -44,6 +44,7 @@ class RunSummary:
     unpriced: str | None = None  # how a cost is shown when unknown
     budget: str | None = None  # at --max-cost: the cap, what was spent, and the next request's worst case
     retry_errors: bool = True
+    skipped_files: int = 0  # a folder's files that are not images
 
     @property
     def total_tokens(self) -> int:
@@ -55,10 +56,15 @@ class RunSummary:
         if self.rows == 0 and self.skipped and not self.dry_run and not self.aborted and not self.stopped_by:
             return f"nothing to do: all {self.skipped} rows are already in {self.output} (0 requests sent; --redo captions them again)"
         errors = f" ({', '.join(f'{t}: {n}' for t, n in sorted(self.error_types.items()))})" if self.error_types else ""
+        if self.dry_run:
+            fail = f", {self.error} {'row' if self.error == 1 else 'rows'} would fail without a request{errors}" if self.error else ""
+            return (f"dry run in {self.seconds:.1f} s, nothing was sent: would send {self.ok} requests{fail}, "
+                    f"{self.skipped} already done" + "".join(f"\n  {step}" for step in self.next_steps()))
         what = "dry run" if self.dry_run else "aborted" if self.aborted else f"stopped by {self.stopped_by}" if self.stopped_by else "done"
         where = f" -> {self.output}" if self.output and self.output.exists() and not self.dry_run else ""
         skipped = f", {self.skipped} already done" if self.skipped else ""
         dup = f", {self.duplicates} duplicate ids skipped" if self.duplicates else ""
+        dup += f", {self.skipped_files} files that are not images skipped" if self.skipped_files else ""
         limited = f", {self.rate_limited} rate-limited" if self.rate_limited else ""
         return (
             f"{what} in {self.seconds:.1f} s: {self.rows} rows, {self.ok} ok, {self.error} error{errors}{skipped}{dup}, "
@@ -76,6 +82,8 @@ class RunSummary:
             fix = "raise --max-cost, then rerun" if self.stopped_by == "max-cost" else "fix the cause above, then rerun" if self.aborted else "rerun"
             steps.append(f"{left} {'row' if self.left == 1 and self.left_exact else 'rows'} left: {fix} the same command to continue "
                          "(finished rows are kept and not sent again)")
+        if self.error and self.dry_run:
+            steps.append(f"exit 1: {self.error} {'row' if self.error == 1 else 'rows'} would fail; the list above says why")
         if self.error and not self.dry_run and self.output:
             again = "a rerun tries them again" if self.retry_errors else "--retry-errors tries them again"
             steps.append(f"{self.error} {'row' if self.error == 1 else 'rows'} failed ({again}): see them with `pipeline status {self.output}` "
@@ -124,6 +132,7 @@ def summarize_run(
         unpriced=progress.unpriced,
         budget=budget,
         retry_errors=config.retry_errors,
+        skipped_files=manifest.skipped_files,
     )
 
 

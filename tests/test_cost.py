@@ -1,6 +1,7 @@
 """What a run costs: prices, the cost column, --max-cost, and the dry-run estimate."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -110,6 +111,20 @@ def test_dry_run_estimate_is_within_10_percent_of_what_is_billed(simulator, tmp_
     billed = sum(r["prompt_tokens"] or 0 for r in pq.read_table(tmp_path / "o.parquet").to_pylist())
     assert billed > 0
     assert abs(estimate.estimated_input_tokens - billed) <= 0.10 * billed
+
+
+def test_the_dry_run_cost_range_is_grounded_in_the_answers_this_output_already_has(simulator, tmp_path, capsys):
+    manifest = _images(tmp_path, 8)
+    guess = run_job(_config(simulator, manifest, tmp_path, dry_run=True))
+    assert "a guess from --max-tokens" in capsys.readouterr().out and guess.exit_code == 0
+    run_job(_config(simulator, manifest, tmp_path, limit=4))
+    real = sum(r["cost_usd"] for r in pq.read_table(tmp_path / "o.parquet").to_pylist())
+    run_job(_config(simulator, manifest, tmp_path, dry_run=True, redo=True))
+    printed = capsys.readouterr().out
+    assert "percentile of 4 earlier answers in o.parquet" in printed
+    low, high = (float(v) for v in re.search(r"estimated cost: \$([\d.]+) to \$([\d.]+)", printed).groups())
+    # Eight rows like the four billed: about twice their cost, and the range holds it (the input estimate is within 10 %).
+    assert low <= 2 * real * 1.1 and high >= 2 * real * 0.9 and high < 3 * real
 
 
 def test_max_cost_without_a_price_is_refused_before_the_lock_or_any_file(simulator, tmp_path):

@@ -224,3 +224,8 @@ def test_dry_run_sends_nothing_and_writes_nothing(simulator, tmp_path, capsys):
     assert "would send 2 requests" in out and "image_missing" in out and '"image_url"' in out
     assert summary.dry_run and summary.exit_code == 1
     assert simulator.stats()["requests"] == 0 and not (tmp_path / "out.parquet").exists()
+    line = summary.line()
+    assert "nothing was sent: would send 2 requests, 1 row would fail without a request (image_missing: 1)" in line
+    assert "exit 1: 1 row would fail" in line and " ok" not in line
+    (tmp_path / "missing.png").write_bytes(images[0].read_bytes())
+    assert run_job(config).exit_code == 0  # nothing would fail: exit 0
