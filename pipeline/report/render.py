@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.cost import unpriced_note
 from pipeline.report.data import ROW_FIELDS, _column
 from pipeline.report.thumbs import NOT_EMBEDDED, NOT_FOUND
 
@@ -97,7 +98,10 @@ def _summary_html(s: dict[str, Any]) -> str:
         _card("tokens", f"{t['total_tokens']:,}", f"{t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} completion"),
     ]
     if s["cost_usd"] is not None:
-        cards.append(_card("cost", f"${s['cost_usd']:,.2f}", f"${s['cost_usd'] / rows:.5f} a row" if rows else ""))
+        cost = s["cost_usd"]
+        cards.append(_card("cost", f"${cost:,.2f}" if cost >= 1 else f"${cost:.4f}", f"${cost / rows:.5f} a row" if rows else ""))
+    elif t["total_tokens"]:  # billed, but the model has no price: unknown, not free
+        cards.append(_card("cost", "unknown", unpriced_note(s["models"][0] if s["models"] else "this model", None).removeprefix("unknown ")))
     lat = s["latency"]
     latency = "<p>no latencies recorded</p>" if lat is None else (
         f'<p class="pcts">p50 <b>{_ms(lat["p50"])}</b> · p90 <b>{_ms(lat["p90"])}</b> · p99 <b>{_ms(lat["p99"])}</b>'

@@ -83,8 +83,9 @@ def test_summary_counts_tokens_latency_and_error_types(tmp_path):
     assert f"{total:,}" in page
     assert "p50 <b>" in page and '<svg class="hist"' in page
     assert 'data-error-type="timeout"' in page and 'data-error-type="rate_limited"' in page
-    assert "cost" not in page.split("<script")[0].lower()  # no cost_usd values: no cost shown
-    assert blob(page)["has_cost"] is False
+    # Billed tokens with no cost_usd values: the cost is unknown, not $0, and there is no cost column.
+    assert '<div class="value">unknown</div><div class="detail">(no price for this model in prices.toml)</div>' in page
+    assert "<th class=\"num\">cost</th>" not in page and blob(page)["has_cost"] is False
     assert "200 images were not found on this machine" in page  # photos/… does not exist here
 
 
@@ -325,6 +326,80 @@ async def drive(port, html_path):
         (ARTIFACTS / "report.png").write_bytes(base64.b64decode(shot["data"]))
 
         await asyncio.sleep(0.2)  # let late console messages arrive
+        assert cdp.problems() == []
+        cdp.reader.cancel()
+
+
+def test_the_page_at_phone_width_and_its_state_in_the_url_in_chromium(simulator, tmp_path, chromium):
+    output = captioned_output(simulator, tmp_path)
+    html_path = tmp_path / "report.html"
+    write_report(output, html_path, images_root=tmp_path)
+    process, port = start_chromium(chromium, tmp_path / "profile")
+    try:
+        asyncio.run(asyncio.wait_for(drive_widths_and_hash(port, html_path), timeout=25))
+    finally:
+        stop_chromium(process)
+
+
+async def load(cdp, url):
+    """A fresh document at `url` (by way of about:blank: a change of hash alone would not load the page again)."""
+    for target in ("about:blank", url):
+        cdp.events[:] = [e for e in cdp.events if e.get("method") != "Page.loadEventFired"]
+        await cdp.send("Page.navigate", url=target)
+        await cdp.wait_for("Page.loadEventFired")
+
+
+async def screenshot(cdp, name, width):
+    # A window as tall as the page, not captureBeyondViewport: that one lays the page out again, without the scrollbar.
+    height = await cdp.js("document.documentElement.scrollHeight")
+    await cdp.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+    shot = await cdp.send("Page.captureScreenshot", format="png")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / name).write_bytes(base64.b64decode(shot["data"]))
+
+
+async def drive_widths_and_hash(port, html_path):
+    layout = """(() => { const tr = document.querySelector('#rows tr'), rid = document.querySelector('.rid');
+                 return {scroll: document.documentElement.scrollWidth, client: document.documentElement.clientWidth, inner: window.innerWidth,
+                         display: getComputedStyle(tr).display, idLines: Math.round(rid.getBoundingClientRect().height /
+                         parseFloat(getComputedStyle(rid).lineHeight)), labels: [...tr.querySelectorAll('td.num')].map(
+                         td => getComputedStyle(td, '::before').content)}; })()"""
+    async with page_at(port, html_path) as cdp:
+        for width in (1280, 500):
+            await cdp.send("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=False)
+            await load(cdp, html_path.as_uri())
+            seen = await cdp.js(layout)
+            assert seen["scroll"] <= seen["client"] and seen["inner"] == width, f"sideways scroll at {width} px: {seen}"
+            assert seen["idLines"] == 1, f"the id wraps at {width} px: {seen}"  # not letter by letter
+            if width == 500:  # rows as cards, each number with its label
+                assert seen["display"] == "grid" and seen["labels"][0].startswith('"tokens'), seen
+            else:
+                assert seen["display"] == "table-row" and seen["labels"][0] in ("none", "normal")
+            await screenshot(cdp, f"report-{width}px.png", width)
+
+        shown = "[...document.querySelectorAll('#rows tr')].map(tr => tr.dataset.id).sort()"
+        pick = "(id, v) => { const s = document.getElementById(id); s.value = v; s.dispatchEvent(new Event('change')); }"
+        await cdp.js(f"({pick})('f-status', 'error')")
+        assert await cdp.js("location.hash") == "#status=error"
+        await cdp.js(f"({pick})('f-type', 'not_an_image')")
+        assert await cdp.js("location.hash") == "#status=error&type=not_an_image"
+        await cdp.js("const s = document.getElementById('f-search'); s.value = 'notes'; s.dispatchEvent(new Event('input'))")
+        assert await cdp.js("location.hash") == "#status=error&type=not_an_image&q=notes"
+        assert await cdp.js(shown) == ["text"]
+
+        await cdp.js("history.back()")  # the search replaced its entry: Back undoes the type
+        await asyncio.sleep(0.3)
+        assert await cdp.js("location.hash") == "#status=error"
+        assert await cdp.js("[document.getElementById('f-type').value, document.getElementById('f-search').value]") == ["", ""]
+        assert await cdp.js(shown) == ["gone", "text"]
+
+        # A shared link opens on the same view.
+        await load(cdp, html_path.as_uri() + "#status=error&q=missing")
+        assert await cdp.js("document.getElementById('f-status').value") == "error"
+        assert await cdp.js(shown) == ["gone"]
+        await load(cdp, html_path.as_uri() + "#type=no_such_type&page=9")  # a link from another output: ignored, not broken
+        assert len(await cdp.js(shown)) == 7
+        await asyncio.sleep(0.2)
         assert cdp.problems() == []
         cdp.reader.cancel()
 

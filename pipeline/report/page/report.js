@@ -27,7 +27,32 @@
   function ms(v) { return v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(2) + " s"; }
   function usd(v) { return v === null || v === undefined ? "–" : "$" + Number(v).toFixed(5); }
 
-  function applyFilters() {
+  // The filters, the search and the page live in the URL's hash: a link shares them, Back undoes them.
+  function stateHash() {
+    var p = new URLSearchParams();
+    if (statusSel.value !== "all") p.set("status", statusSel.value);
+    if (typeSel.value) p.set("type", typeSel.value);
+    if (search.value.trim()) p.set("q", search.value.trim());
+    if (page > 0) p.set("page", String(page + 1));
+    var text = p.toString();
+    return text ? "#" + text : "";
+  }
+  function writeHash(newEntry) {
+    var hash = stateHash();
+    if (hash === location.hash) return;
+    if (newEntry) location.hash = hash || "#";
+    else location.replace(hash || "#");
+  }
+  function readHash() {
+    var p = new URLSearchParams(location.hash.replace(/^#/, ""));
+    statusSel.value = ["ok", "error"].indexOf(p.get("status")) >= 0 ? p.get("status") : "all";
+    typeSel.value = p.get("type") || "";
+    if (typeSel.value !== (p.get("type") || "")) typeSel.value = "";  // a type this output does not have
+    search.value = p.get("q") || "";
+    applyFilters(Math.max(0, (parseInt(p.get("page"), 10) || 1) - 1));
+  }
+
+  function applyFilters(atPage) {
     var status = statusSel.value, type = typeSel.value, q = search.value.trim().toLowerCase();
     if (q && haystack === null) {
       haystack = rows.map(function (r) {
@@ -46,7 +71,7 @@
     }
     count.textContent = shown.length.toLocaleString() + " of " + rows.length.toLocaleString() +
       " rows match (" + ok.toLocaleString() + " ok, " + error.toLocaleString() + " error)";
-    page = 0;
+    page = typeof atPage === "number" ? atPage : 0;
     render();
   }
 
@@ -89,11 +114,17 @@
       text.appendChild(el("div", "caption", r[F.caption]));
     }
     tr.appendChild(text);
-    tr.appendChild(el("td", "num", num(r[F.prompt_tokens]) + " / " + num(r[F.completion_tokens]) + " / " + num(r[F.total_tokens])));
-    if (data.has_cost) tr.appendChild(el("td", "num", usd(r[F.cost_usd])));
-    tr.appendChild(el("td", "num", ms(r[F.latency_ms])));
-    tr.appendChild(el("td", "num", num(r[F.attempts])));
+    tr.appendChild(labelled("tokens", num(r[F.prompt_tokens]) + " / " + num(r[F.completion_tokens]) + " / " + num(r[F.total_tokens])));
+    if (data.has_cost) tr.appendChild(labelled("cost", usd(r[F.cost_usd])));
+    tr.appendChild(labelled("latency", ms(r[F.latency_ms])));
+    tr.appendChild(labelled("attempts", num(r[F.attempts])));
     return tr;
+  }
+
+  function labelled(label, text) {  // the label shows only where rows are cards (a phone-width window)
+    var td = el("td", "num", text);
+    td.dataset.label = label;
+    return td;
   }
 
   function render() {
@@ -109,23 +140,26 @@
     next.disabled = page >= pages - 1;
   }
 
-  statusSel.addEventListener("change", applyFilters);
+  statusSel.addEventListener("change", function () { applyFilters(); writeHash(true); });
   typeSel.addEventListener("change", function () {
     if (typeSel.value && statusSel.value === "ok") statusSel.value = "error";
     applyFilters();
+    writeHash(true);
   });
-  search.addEventListener("input", applyFilters);
-  prev.addEventListener("click", function () { page--; render(); });
-  next.addEventListener("click", function () { page++; render(); });
+  search.addEventListener("input", function () { applyFilters(); writeHash(false); });  // not one Back step per key
+  prev.addEventListener("click", function () { page--; render(); writeHash(true); });
+  next.addEventListener("click", function () { page++; render(); writeHash(true); });
+  window.addEventListener("hashchange", function () { if (location.hash !== stateHash()) readHash(); });
   document.querySelectorAll("[data-error-type]").forEach(function (node) {
     function pick() {
       statusSel.value = "error";
       typeSel.value = node.getAttribute("data-error-type");
       applyFilters();
+      writeHash(true);
       $("table").scrollIntoView();
     }
     node.addEventListener("click", pick);
     node.addEventListener("keydown", function (e) { if (e.key === "Enter") pick(); });
   });
-  applyFilters();
+  readHash();
 })();
