@@ -12,6 +12,10 @@ decide when the next request may start:
   cuts the request rate to 0.9 x what the provider accepted over the last minute;
   every success that had to wait for the rate adds a little back (~+10 % a minute).
 
+With no --rpm / --tpm, the start is gentle: one request alone, then as many as the limit headers
+of its answer allow (without headers, twice as many per answer), not `concurrency` at once into
+a limit nobody knows yet.
+
 Waiters are served in arrival order: one asyncio.Lock (FIFO), and only the task at
 its head sleeps, so a freed slot never wakes a herd.
 
@@ -39,6 +43,7 @@ WINDOW = 60.0  # providers count per minute
 # early would otherwise be its limit + 1st, and one 429 costs more than 1 % (a cut, then the climb back).
 MARGIN = 0.99
 MIN_RATE = 1 / WINDOW  # never below 1 rpm
+SHALLOW_DECREASE = 0.97  # a 429 while paced at a known limit
 DEFAULT_HOLD = 1.0  # pool hold after a 429 without Retry-After
 MAX_HOLD = 60.0  # longer advice (a daily quota) is the retry policy's business, not a reason to stall the pool
 
@@ -104,6 +109,7 @@ class RateLimiter:
         decrease: float = 0.9,  # after a 429: rate = decrease x what the provider accepted in the minute before
         increase: float = 0.1,  # then each success adds `increase` rpm: +10 % a minute at any rate
         margin: float = MARGIN,
+        gentle: bool = True,  # with unknown limits, start with one request in flight (see the module's docstring)
     ):
         if (rpm is not None and rpm <= 0) or (tpm is not None and tpm <= 0):
             raise ValueError("rpm and tpm must be positive")
@@ -125,6 +131,9 @@ class RateLimiter:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._pacing = False  # the task at the head of the queue is asleep until the rate lets it go
+        # Unknown limits: start gently. One request goes alone; an answer with limit headers tells the
+        # buckets what to pace at (then any number may be in flight), one without doubles the window.
+        self._window: float | None = 1.0 if gentle and not (rpm or tpm) else None
         self._update(now)
         self._buckets["tokens"].level = self._buckets["tokens"].burst
 
@@ -139,6 +148,8 @@ class RateLimiter:
                 self._update(now)
         if self._pending_cut and now >= self.hold_until:
             self._cut(now)
+        if self._window is not None and self.in_flight["requests"] >= self._window:
+            return math.inf  # until an answer comes
         seconds = max(self.hold_until - now, self._buckets["requests"].wait(1, now), self._buckets["tokens"].wait(tokens, now))
         return seconds if seconds > 1e-9 else 0.0  # not float rounding
 
@@ -150,7 +161,7 @@ class RateLimiter:
                 waited = self._pacing = True
                 self._changed.clear()
                 try:  # sleep, but look again early if an answer changes the picture
-                    async with asyncio.timeout(seconds):
+                    async with asyncio.timeout(None if math.isinf(seconds) else seconds):
                         await self._changed.wait()
                 except TimeoutError:
                     pass
@@ -171,6 +182,8 @@ class RateLimiter:
             return f"held {self.hold_until - now:.1f} s more after a 429 (Retry-After)"
         if not self._pacing:
             return None
+        if self._window is not None and self.in_flight["requests"] >= self._window:
+            return f"starting gently: {self.in_flight['requests']} in flight until the provider's limits are known"
         rate = self._buckets["requests"].rate
         return f"paced by the rate limit ({rate * WINDOW:.0f} requests/min)" if rate else "paced by the tokens-per-minute limit"
 
@@ -180,6 +193,7 @@ class RateLimiter:
             ticket.open = False
             self.in_flight["requests"] -= 1
             self.in_flight["tokens"] -= ticket.tokens
+            self._changed.set()  # a slot of the starting window is free
 
     def reconcile(self, estimated: int, actual: int) -> None:
         """Real usage is known: refund an overestimate, or take the shortfall (the bucket may go into debt)."""
@@ -197,6 +211,11 @@ class RateLimiter:
         state = parse_limit_headers(headers, self.wall_clock()) if headers else None
         if state is not None:
             self._apply(state, now)
+        if self._window is not None:
+            if state is not None or status == 429:  # the limits are known, or found: the buckets and holds take over
+                self._window = None
+            elif 200 <= status < 300:
+                self._window = None if self._window >= 512 else 2 * self._window
         if status == 429:
             self._on_429(now, retry_after, ticket)
         elif 200 <= status < 300:
@@ -225,7 +244,10 @@ class RateLimiter:
         accepted = sum(cut_at - span < t <= cut_at for t in self._accepted) / span
         known = [r for r in (accepted, before) if r]
         if known:  # else nothing to go on: the holds alone protect the provider
-            self.rate = max(MIN_RATE, self.decrease * min(known))
+            # Paced at a limit the provider announced (or --rpm) and refused anyway: a window shorter than a
+            # minute caught a few ms of jitter, not a wrong limit. A shallow cut, or the rest of the run pays 10 %.
+            at_known_limit = self.rate is None and before is not None and accepted >= 0.9 * before
+            self.rate = max(MIN_RATE, (SHALLOW_DECREASE if at_known_limit else self.decrease) * min(known))
         self._update(now)
         self._buckets["requests"].level = 1.0  # nothing was saved up during the hold: one goes now, then the pace
 

@@ -220,7 +220,7 @@ def test_waiters_are_served_in_arrival_order():
 
 def test_a_429_holds_the_whole_pool_for_retry_after():
     async def go(loop):
-        limiter = RateLimiter(clock=loop.time)  # no rpm: unconstrained until told otherwise
+        limiter = RateLimiter(clock=loop.time, gentle=False)  # no rpm: unconstrained until told otherwise
         tickets = [await limiter.acquire() for _ in range(12)]
         assert loop.time() == 0.0
         for ticket in tickets[:10]:
@@ -381,3 +381,48 @@ def test_limit_headers_prevent_429s_without_rpm():
     rejected, last_start, end = simulate(1200, 32, 600, headers=True)
     assert rejected == 0
     assert last_start <= 1.05
+
+
+def test_unknown_limits_start_with_one_request_then_open_on_the_answers_limit_headers():
+    async def go(loop):
+        limiter = RateLimiter(clock=loop.time, wall_clock=lambda: 0.0)
+        first = await limiter.acquire()
+        second = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(5)
+        assert not second.done() and "starting gently" in limiter.holding()  # nothing more before an answer
+        limiter.on_response(200, {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599",
+                                  "x-ratelimit-reset-requests": "100ms"}, ticket=first)
+        starts = [(await second).granted_at]
+        for _ in range(5):  # the window is open now: the announced 600 a minute paces them
+            starts.append((await limiter.acquire()).granted_at)
+        return starts
+
+    starts = run_virtual(go)
+    assert starts[0] == pytest.approx(5.0)
+    assert [round(b - a, 3) for a, b in zip(starts, starts[1:])] == [round(60 / 594, 3)] * 5
+
+
+def test_without_limit_headers_the_starting_window_doubles_per_answer():
+    async def go(loop):
+        limiter = RateLimiter(clock=loop.time)
+        tickets = [await limiter.acquire()]
+        limiter.on_response(200, ticket=tickets[0])  # no headers: 2 may be in flight
+        tickets += [await limiter.acquire() for _ in range(2)]
+        third = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(1)
+        blocked = not third.done()
+        limiter.on_response(200, ticket=tickets[1])  # 4 now
+        await third
+        return blocked, limiter.in_flight["requests"]
+
+    assert run_virtual(go) == (True, 2)  # the answered one left; the third went in its place
+
+
+def test_a_given_rpm_needs_no_gentle_start():
+    async def go(loop):
+        limiter = RateLimiter(rpm=60_000, clock=loop.time)
+        for _ in range(20):
+            await limiter.acquire()
+        return loop.time()
+
+    assert run_virtual(go) < 0.1

@@ -47,3 +47,12 @@ def test_a_given_tpm_is_held_without_429s_though_answers_are_shorter_than_max_to
     summary, rows = job(simulator, tmp_path, 16, tpm=15 * 8 * per_request, max_tokens=300, concurrency=4)
     assert summary.ok == 16 and all(r["attempts"] == 1 for r in rows)
     assert simulator.stats()["rate_limited"] == 0
+
+
+def test_an_unknown_per_second_limit_sees_no_storm_at_the_start(simulator, tmp_path):
+    # 5 a second, enforced over 1 s; the job is not told and may have 16 in flight. Without the gentle
+    # start its first 16 requests went at once and 12 came back 429.
+    simulator.configure(rpm_limit=5, limit_window=1.0, retry_after_form="seconds")
+    summary, rows = job(simulator, tmp_path, 30, concurrency=16, max_retries=8)
+    assert summary.ok == 30
+    assert simulator.stats()["rate_limited"] <= 1  # ≤ 2 % of requests would be 0.6; one stray is tolerated
