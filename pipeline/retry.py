@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
 
 from .errors import (
     AnswerError,
@@ -68,7 +70,7 @@ class RetryPolicy:
     base: float = 0.5
     cap: float = 30.0
 
-    def wait(self, state: RetryCallState) -> float:
+    def wait(self, state: "RetryCallState") -> float:
         # attempt_number counts from the second attempt: the first one ran before tenacity (see run).
         error = state.outcome.exception() if state.outcome else None
         return self._wait_after(error, state.attempt_number + 1)
@@ -86,6 +88,8 @@ class RetryPolicy:
             if self.max_retries == 0 or not should_retry(error):
                 raise
             await asyncio.sleep(self._wait_after(error, 1))
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt  # most runs never retry: not at start-up
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries),
             retry=retry_if_exception(should_retry),

@@ -19,7 +19,6 @@ import aiohttp
 
 from .client import ChatClient
 from .config import JobConfig
-from .dryrun import dry_run
 from .cost import Price, load_price, unpriced_note
 from .errors import ConfigError, ManifestError, OutputWriteError, RunAborted, exit_code_for
 from .fetch import make_fetch_session
@@ -105,6 +104,8 @@ async def _run(config: JobConfig, started_at: float) -> RunSummary:
 
 
 async def _dry_run(config: JobConfig) -> RunSummary:
+    from .dryrun import dry_run  # with what it reads earlier answers with: not on a real run's way
+
     manifest = open_manifest(config.manifest, config.image_column, config.id_column)
     index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors)
     progress = _progress(config, manifest, load_price(config.prices, config.model))

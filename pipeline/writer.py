@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import write_error
@@ -200,6 +199,7 @@ class SpilledJournal:
 
     def newest_rows(self) -> tuple[pa.Array, Iterator[pa.Table]]:
         """The journal's distinct ids, and its tables keeping only the newest row per id."""
+        import pyarrow.compute as pc  # only when an output is read: not at start-up (~40 ms)
         ids = pa.chunked_array(self._ids, pa.string())
         positions = pa.table({"id": ids, "position": pa.array(range(len(ids)), pa.int64())})
         # rows_to_table kept the last row per id within a chunk; across chunks the latest position wins.
@@ -222,6 +222,7 @@ class SpilledJournal:
 
 def merge_into_output(output: Path, new: SpilledJournal) -> None:
     """Write old rows (minus the ids in `new`) and then `new`'s newest rows to a temporary file, and rename it over the output."""
+    import pyarrow.compute as pc  # only when an output is read: not at start-up (~40 ms)
     try:
         old = pq.ParquetFile(output) if output.exists() else None
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError

@@ -1,0 +1,25 @@
+"""Start-up: what a run may not need is imported only when it is needed (issue 13: a one-row run's wall time)."""
+
+import subprocess
+import sys
+
+from PIL import Image
+
+LOADED = "import sys; print(sorted(m for m in ('tqdm', 'tenacity', 'pipeline.dryrun', 'pyarrow.compute') if m in sys.modules))"
+
+
+def test_importing_the_job_loads_no_bar_no_retry_library_and_no_dry_run():
+    result = subprocess.run([sys.executable, "-c", f"import pipeline.cli, pipeline.runner; {LOADED}"], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_cron_run_without_retries_never_imports_tqdm_or_tenacity(simulator, tmp_path):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    (tmp_path / "m.txt").write_text("a.png\n")
+    code = ("import sys; from pipeline.cli import main; "
+            f"code = main(['caption', {str(tmp_path / 'm.txt')!r}, '-o', {str(tmp_path / 'o.parquet')!r}, '--base-url', {simulator.base_url!r}]); "
+            + LOADED.replace("import sys; ", ""))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"ANYFAST_API_KEY": "sk-startup-0123456789", "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    loaded = eval(result.stdout.strip().splitlines()[-1])
+    assert "tqdm" not in loaded and "tenacity" not in loaded and "pipeline.dryrun" not in loaded  # stderr is not a terminal
