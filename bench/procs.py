@@ -102,8 +102,11 @@ class Simulator:
         self.proc: subprocess.Popen | None = None
         self.base_url = ""
 
+    def command(self) -> list[str]:
+        return [PYTHON, "-m", "pipeline", "simulate", "--host", LOOPBACK, "--port", "0", *self.knobs]
+
     def __enter__(self) -> "Simulator":
-        cmd = [PYTHON, "-m", "pipeline", "simulate", "--host", LOOPBACK, "--port", "0", *self.knobs]
+        cmd = self.command()
         stderr = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=stderr,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -159,6 +162,13 @@ class Simulator:
     def reset(self) -> None:
         """Zero the counters and empty the rate-limit windows."""
         self._call("POST", "/_sim/reset")
+
+
+class CheapServer(Simulator):
+    """bench/cheap_server.py: far cheaper per request than the client, so an overhead-bound run measures the client."""
+
+    def command(self) -> list[str]:
+        return [PYTHON, str(REPO / "bench" / "cheap_server.py"), "--port", "0", *self.knobs]
 
 
 # --- measured runs ----------------------------------------------------------------

@@ -3,7 +3,8 @@
     python bench/run.py [--quick] [--only a,b,...] [--out bench/results/latest.json]
 
 Scenarios (see scenarios.py): a latency-bound, b overhead-bound (against bench/floor.py),
-c rate-limited, d memory, e resume. Each runs the real CLI in a subprocess against
+c rate-limited, d memory, e resume, f the yardstick (the job and the floor against
+bench/cheap_server.py, which costs far less per request than any client: yardstick.py). Each runs the real CLI in a subprocess against
 `python -m pipeline simulate` in another, 3 times (once with --quick, which also uses
 smaller inputs), and ends in one table of medians, baselines, ratios and targets, also
 written as JSON. Inputs are generated once into bench/.cache/. The client runs on the
@@ -30,6 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data  # noqa: E402
 from procs import REPO, cores, stop_all  # noqa: E402
 from scenarios import CPU_BOUND, SCENARIOS, BenchError, Context, Result  # noqa: E402
+from yardstick import yardstick  # noqa: E402
+
+SCENARIOS["f"] = yardstick  # against bench/cheap_server.py: a yardstick not tuned to the job
+CPU_BOUND.add("f")
 
 RESULTS = REPO / "bench" / "results"
 NOISY = 0.1  # cores of CPU used by other processes during a run, above which a result is flagged

@@ -3,6 +3,7 @@ budget, with retries, and write its result (send). The worker pool calls these t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +75,9 @@ class CaptionJob:
             self._finish(*self._failed(row, e, fingerprint))
             return None
         body = encode_chat_request(self.config, prompt, image.url)
-        return ReadyRequest(row, image, body, estimate_request_tokens(self.config, image, prompt), fingerprint)
+        tokens = estimate_request_tokens(self.config, image, prompt)
+        # The body holds the image now; keeping its data: URL too would hold every waiting image twice.
+        return ReadyRequest(row, dataclasses.replace(image, url=""), body, tokens, fingerprint)
 
     async def send(self, ready: ReadyRequest) -> None:
         """Send a prepared row (with retries) within the cost budget, and write its result."""

@@ -13,7 +13,7 @@ decide when the next request may start:
   every success that had to wait for the rate adds a little back (~+10 % a minute).
 
 With no --rpm / --tpm, the start is gentle: one request alone, then as many as the limit headers
-of its answer allow (without headers, twice as many per answer), not `concurrency` at once into
+of its answer allow (without headers, four times as many per answer), not `concurrency` at once into
 a limit nobody knows yet.
 
 Waiters are served in arrival order: one asyncio.Lock (FIFO), and only the task at
@@ -132,7 +132,8 @@ class RateLimiter:
         self._changed = asyncio.Event()
         self._pacing = False  # the task at the head of the queue is asleep until the rate lets it go
         # Unknown limits: start gently. One request goes alone; an answer with limit headers tells the
-        # buckets what to pace at (then any number may be in flight), one without doubles the window.
+        # buckets what to pace at (then any number may be in flight), one without quadruples the window:
+        # a self-hosted server with no limits is at full concurrency within two round trips.
         self._window: float | None = 1.0 if gentle and not (rpm or tpm) else None
         self._update(now)
         self._buckets["tokens"].level = self._buckets["tokens"].burst
@@ -215,7 +216,7 @@ class RateLimiter:
             if state is not None or status == 429:  # the limits are known, or found: the buckets and holds take over
                 self._window = None
             elif 200 <= status < 300:
-                self._window = None if self._window >= 512 else 2 * self._window
+                self._window = None if self._window >= 256 else 4 * self._window
         if status == 429:
             self._on_429(now, retry_after, ticket)
         elif 200 <= status < 300:

@@ -402,20 +402,21 @@ def test_unknown_limits_start_with_one_request_then_open_on_the_answers_limit_he
     assert [round(b - a, 3) for a, b in zip(starts, starts[1:])] == [round(60 / 594, 3)] * 5
 
 
-def test_without_limit_headers_the_starting_window_doubles_per_answer():
+def test_without_limit_headers_the_starting_window_grows_fourfold_per_answer():
     async def go(loop):
         limiter = RateLimiter(clock=loop.time)
         tickets = [await limiter.acquire()]
-        limiter.on_response(200, ticket=tickets[0])  # no headers: 2 may be in flight
-        tickets += [await limiter.acquire() for _ in range(2)]
-        third = asyncio.ensure_future(limiter.acquire())
+        limiter.on_response(200, ticket=tickets[0])  # no headers: 4 may be in flight
+        tickets += [await limiter.acquire() for _ in range(4)]
+        fifth = asyncio.ensure_future(limiter.acquire())
         await asyncio.sleep(1)
-        blocked = not third.done()
-        limiter.on_response(200, ticket=tickets[1])  # 4 now
-        await third
-        return blocked, limiter.in_flight["requests"]
+        blocked = not fifth.done()
+        limiter.on_response(200, ticket=tickets[1])  # 16 now
+        await fifth
+        more = [await limiter.acquire() for _ in range(12)]  # 4 + 12 = 16 in flight, at once
+        return blocked, limiter.in_flight["requests"], loop.time()
 
-    assert run_virtual(go) == (True, 2)  # the answered one left; the third went in its place
+    assert run_virtual(go) == (True, 16, 1.0)
 
 
 def test_a_given_rpm_needs_no_gentle_start():
