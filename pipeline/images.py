@@ -15,6 +15,7 @@ import base64
 import codecs
 import dataclasses
 import hashlib
+import math
 import os
 
 import aiohttp
@@ -25,6 +26,7 @@ from .imageprep import prepare_image
 from .providers import ALL_FORMATS
 from .records import ManifestRow, PreparedImage
 
+INLINE_BYTES = 64 * 1024  # files this small are read and prepared on the event loop (bench scenario f)
 _KNOWN = "JPEG/PNG/GIF/WebP/BMP/TIFF/HEIC/AVIF"
 
 
@@ -64,7 +66,9 @@ class ImageLoader:
         fetch_session: aiohttp.ClientSession | None = None,
         fetch_timeout: float = 30.0,
         accepted: frozenset[str] = ALL_FORMATS,
+        inline_bytes: int = INLINE_BYTES,
     ):
+        self.inline_bytes = inline_bytes
         self.max_side = max_side
         self.max_bytes = max_bytes
         self.accepted = accepted  # image types the provider takes as they are; others are converted
@@ -79,9 +83,14 @@ class ImageLoader:
             # A download may be larger than what we send: it is scaled down after.
             data = await fetch_image(row.source, self._fetch_session, max_bytes=4 * self.max_bytes, timeout=self._fetch_timeout)
             return await asyncio.to_thread(self._prepare, row.source, data)
+        path = os.path.abspath(row.source)
+        if _size(path) <= self.inline_bytes:
+            # Small files: read, check and encode right here. A thread would cost more than the work: the
+            # hop, and the GIL it holds while the event loop waits to send and to write the journal.
+            return self._read_and_prepare(path)
         # One thread hop for the whole job: aiofiles would add three (open, read, close),
         # which cost more than the read itself for a typical photo (bench scenario b).
-        return await asyncio.to_thread(self._read_and_prepare, os.path.abspath(row.source))
+        return await asyncio.to_thread(self._read_and_prepare, path)
 
     def _read_and_prepare(self, path: str) -> PreparedImage:
         data, stat = _read(path)
@@ -113,6 +122,14 @@ class ImageLoader:
 async def load_image(row: ManifestRow) -> PreparedImage:
     """One row with the default settings (a convenience for notebooks and tests)."""
     return await ImageLoader().load(row)
+
+
+def _size(path: str) -> float:
+    """The file's size, or infinity when it cannot be stat'ed (the worker thread then says why)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return math.inf
 
 
 def _read(path: str) -> tuple[bytes, os.stat_result]:

@@ -165,7 +165,7 @@ def test_real_png_cut_inside_its_header_is_unreadable(tmp_path):
         load(tmp_path / "cut.png")
 
 
-def test_cpu_work_runs_in_one_worker_thread_call(tmp_path, monkeypatch):
+def test_a_small_file_is_prepared_in_place_and_a_large_one_in_one_worker_thread_call(tmp_path, monkeypatch):
     write_image(tmp_path / "a.png", "PNG")
     calls = []
     real_to_thread = asyncio.to_thread
@@ -175,9 +175,11 @@ def test_cpu_work_runs_in_one_worker_thread_call(tmp_path, monkeypatch):
         return await real_to_thread(func, *args, **kwargs)
 
     monkeypatch.setattr(images.asyncio, "to_thread", counting_to_thread)
-    load(tmp_path / "a.png")
-
-    assert len(calls) == 1
+    row = ManifestRow(1, "a", "a.png", str(tmp_path / "a.png"))
+    small = asyncio.run(images.ImageLoader().load(row))
+    assert calls == []  # a few KB: the hop would cost more than the work
+    large = asyncio.run(images.ImageLoader(inline_bytes=0).load(row))
+    assert len(calls) == 1 and large == small  # the same image either way
 
 
 @pytest.mark.parametrize(
