@@ -12,9 +12,10 @@ f.rpm-*        600 requests a minute enforced per second (10 in any 1 s), concur
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import data
-from procs import CheapServer
+from procs import CheapServer, Measured
 from scenarios import Context, Result, _floor, _fmt, _photo_manifest, caption, expect_all_ok, fresh
 
 CONCURRENCY = 64
@@ -28,21 +29,28 @@ def _server(ctx: Context, *knobs: str, name: str) -> CheapServer:
     return CheapServer(knobs, cpus=ctx.sim_cpus, log=ctx.log(f"cheap-{name}"))
 
 
+def _job_and_floor(ctx: Context, manifest: Path, n: int, *knobs: str, name: str) -> tuple[list[Measured], list[Measured]]:
+    """The job and the floor, interleaved (a slow minute of the machine hits both alike), `repeats` times each."""
+    output = ctx.work / f"{name}.parquet"
+    job, floor = [], []
+    with _server(ctx, *knobs, name=name) as server:
+        for _ in range(ctx.repeats):
+            fresh(output)
+            measured, _, log = caption(ctx, server, manifest, output, "--concurrency", str(CONCURRENCY), name=name)
+            expect_all_ok(measured, log, output, n)
+            job.append(measured)
+            floor.append(_floor(ctx, server, manifest, CONCURRENCY, name=f"{name}-floor"))
+            j, f = job[-1], floor[-1]
+            print(f"  {name}: run {len(job)}: job {_fmt(j.wall)}, {n / j.wall:.0f} req/s, {1000 * j.cpu / n:.2f} ms CPU each; "
+                  f"floor {_fmt(f.wall)}, {n / f.wall:.0f} req/s, {1000 * f.cpu / n:.2f} ms", flush=True)
+    return job, floor
+
+
 def overhead(ctx: Context) -> list[Result]:
     n = 500 if ctx.quick else 2_000
     photos = data.photo_set(2_000)
     manifest = photos / "manifest.csv" if n == 2_000 else _photo_manifest(photos, n)
-    output = ctx.work / "f.parquet"
-    job, floor = [], []
-    with _server(ctx, name="f-rps") as server:
-        for _ in range(ctx.repeats):
-            fresh(output)
-            measured, _, log = caption(ctx, server, manifest, output, "--concurrency", str(CONCURRENCY), name="f-rps")
-            expect_all_ok(measured, log, output, n)
-            job.append(measured)
-            floor.append(_floor(ctx, server, manifest, CONCURRENCY, name="f-rps-floor"))
-            print(f"  f: run {len(job)}: job {n / job[-1].wall:.0f} req/s ({1000 * job[-1].cpu / n:.2f} ms CPU each), "
-                  f"floor {n / floor[-1].wall:.0f} req/s ({1000 * floor[-1].cpu / n:.2f} ms)", flush=True)
+    job, floor = _job_and_floor(ctx, manifest, n, name="f-rps")
     what = f"{n:,} photos, latency 0, --concurrency {CONCURRENCY}, cheap server"
     return [
         Result("f.rps", f"requests/s, {what}", "req/s", [n / m.wall for m in job], baseline=statistics.median(n / m.wall for m in floor),
@@ -56,17 +64,7 @@ def overhead(ctx: Context) -> list[Result]:
 def latency(ctx: Context) -> list[Result]:
     n, seconds = (2_000 if ctx.quick else 10_000), 0.2
     manifest = data.tiny_set(10_000) / "manifest.csv" if n == 10_000 else data.tiny_manifest(n, of=10_000)
-    output = ctx.work / "f-latency.parquet"
-    job, floor = [], []
-    with _server(ctx, "--latency", str(seconds), name="f-latency") as server:
-        for _ in range(ctx.repeats):
-            fresh(output)
-            measured, _, log = caption(ctx, server, manifest, output, "--concurrency", str(CONCURRENCY), name="f-latency")
-            expect_all_ok(measured, log, output, n)
-            job.append(measured)
-            floor.append(_floor(ctx, server, manifest, CONCURRENCY, name="f-latency-floor"))
-            print(f"  f: latency run {len(job)}: job {_fmt(job[-1].wall)} (CPU {job[-1].cpu:.1f} s), "
-                  f"floor {_fmt(floor[-1].wall)} (CPU {floor[-1].cpu:.1f} s)", flush=True)
+    job, floor = _job_and_floor(ctx, manifest, n, "--latency", str(seconds), name="f-latency")
     ideal = n * seconds / CONCURRENCY
     walls = [m.wall for m in job]
     floor_wall = statistics.median(m.wall for m in floor)
