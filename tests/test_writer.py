@@ -1,3 +1,4 @@
+import asyncio
 import json
 
 import pyarrow.parquet as pq
@@ -133,3 +134,33 @@ def test_a_killed_runs_journal_is_recovered_a_chunk_at_a_time(tmp_path, monkeypa
     assert sorted(r["id"] for r in rows) == ["id0", "id1", "id2", "id3", "id4"]
     assert {r["id"]: r["tag"] for r in rows} == {"id0": "again", "id1": "1", "id2": "2", "id3": "3", "id4": "4"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
+def test_rows_finished_in_one_loop_turn_reach_the_os_in_one_write_before_the_next_turn(tmp_path):
+    out = tmp_path / "out.parquet"
+    writer = ResultWriter(out).open()
+    flushes = []
+
+    class Counting:
+        def __init__(self, file):
+            self.file = file
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def flush(self):
+            flushes.append(1)
+            self.file.flush()
+
+    writer._file = Counting(writer._file)
+
+    async def finish_three():
+        for i in range(3):  # three answers handled in the same turn of the loop
+            writer.write(_ok(i))
+        assert [r["id"] for r in read_journal(journal_path(out))] == []  # still ours, in one buffer
+        await asyncio.sleep(0)  # the next turn, before any other answer is read
+        return [r["id"] for r in read_journal(journal_path(out))]
+
+    assert asyncio.run(finish_three()) == ["id0", "id1", "id2"] and len(flushes) == 1
+    writer.close()
+    assert pq.read_table(out).num_rows == 3
