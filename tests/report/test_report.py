@@ -224,6 +224,15 @@ def start_chromium(binary, profile):
     return process, int(port_file.read_text().split()[0])
 
 
+def in_chromium(binary, profile, drive, html_path):
+    """`drive(port, html_path)` against a fresh headless Chromium, stopped afterwards whatever happens."""
+    process, port = start_chromium(binary, profile)
+    try:
+        asyncio.run(asyncio.wait_for(drive(port, html_path), timeout=25))
+    finally:
+        stop_chromium(process)
+
+
 def stop_chromium(process):
     # Chromium's helper processes share its process group (we started it in a new session).
     try:
@@ -257,11 +266,7 @@ def test_the_page_in_headless_chromium(simulator, tmp_path, chromium):
     stats = write_report(output, html_path, images_root=tmp_path)
     assert stats.thumbnails == 5  # both error rows have no usable image: placeholders
     assert "not found on this machine" not in html_path.read_text()  # only the job's own image_missing row
-    process, port = start_chromium(chromium, tmp_path / "profile")
-    try:
-        asyncio.run(asyncio.wait_for(drive(port, html_path), timeout=25))
-    finally:
-        stop_chromium(process)
+    in_chromium(chromium, tmp_path / "profile", drive, html_path)
 
 
 @contextlib.asynccontextmanager
@@ -334,11 +339,7 @@ def test_the_page_at_phone_width_and_its_state_in_the_url_in_chromium(simulator,
     output = captioned_output(simulator, tmp_path)
     html_path = tmp_path / "report.html"
     write_report(output, html_path, images_root=tmp_path)
-    process, port = start_chromium(chromium, tmp_path / "profile")
-    try:
-        asyncio.run(asyncio.wait_for(drive_widths_and_hash(port, html_path), timeout=25))
-    finally:
-        stop_chromium(process)
+    in_chromium(chromium, tmp_path / "profile", drive_widths_and_hash, html_path)
 
 
 async def load(cdp, url):
@@ -408,11 +409,7 @@ def test_paging_100000_rows_in_chromium(tmp_path, chromium):
     out = synthetic_output(tmp_path / "big.parquet", 100_000)
     html_path = tmp_path / "big.html"
     write_report(out, html_path)
-    process, port = start_chromium(chromium, tmp_path / "profile")
-    try:
-        asyncio.run(asyncio.wait_for(drive_big(port, html_path), timeout=25))
-    finally:
-        stop_chromium(process)
+    in_chromium(chromium, tmp_path / "profile", drive_big, html_path)
 
 
 async def drive_big(port, html_path):
