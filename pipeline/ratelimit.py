@@ -131,6 +131,7 @@ class RateLimiter:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._pacing = False  # the task at the head of the queue is asleep until the rate lets it go
+        self._paced_since: float | None = None  # since when every request has had to wait (for the progress display)
         # Unknown limits: start gently. One request goes alone; an answer with limit headers tells the
         # buckets what to pace at (then any number may be in flight), one without quadruples the window:
         # a self-hosted server with no limits is at full concurrency within two round trips.
@@ -159,6 +160,8 @@ class RateLimiter:
         waited = False
         async with self._lock:
             while (seconds := self.delay(tokens)) > 0:
+                if self._paced_since is None:
+                    self._paced_since = self.clock()
                 waited = self._pacing = True
                 self._changed.clear()
                 try:  # sleep, but look again early if an answer changes the picture
@@ -169,6 +172,8 @@ class RateLimiter:
                 finally:
                     self._pacing = False
             now = self.clock()
+            if not waited:
+                self._paced_since = None
             for kind, amount in zip(KINDS, (1, tokens)):
                 self._buckets[kind].add(-amount, now)
                 self.in_flight[kind] += amount
@@ -186,7 +191,9 @@ class RateLimiter:
         if self._window is not None and self.in_flight["requests"] >= self._window:
             return f"starting gently: {self.in_flight['requests']} in flight until the provider's limits are known"
         rate = self._buckets["requests"].rate
-        return f"paced by the rate limit ({rate * WINDOW:.0f} requests/min)" if rate else "paced by the tokens-per-minute limit"
+        what = f"the rate limit ({rate * WINDOW:.0f} requests/min)" if rate else "the tokens-per-minute limit"
+        since = now - self._paced_since if self._paced_since is not None else 0.0
+        return f"paced by {what} for {since:.0f} s"
 
     def release(self, ticket: Ticket | None) -> None:
         """The attempt ended without an answer (connection error, timeout, cancel). Idempotent."""

@@ -117,7 +117,7 @@ def test_the_limiter_says_when_a_429_holds_the_pool_and_when_the_rate_paces_it()
         waiting.cancel()
         return held
 
-    assert asyncio.run(go()) == "paced by the rate limit (59 requests/min)"
+    assert asyncio.run(go()) == "paced by the rate limit (59 requests/min) for 0 s"
 
 
 def test_a_run_logs_its_plan_at_the_start_and_counts_its_429s(simulator, tmp_path, caption):

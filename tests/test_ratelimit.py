@@ -428,3 +428,19 @@ def test_a_given_rpm_needs_no_gentle_start():
         return loop.time()
 
     assert run_virtual(go) < 0.1
+
+
+def test_the_progress_display_says_how_long_the_rate_has_been_holding_the_pool():
+    async def go(loop):
+        limiter = RateLimiter(rpm=60, clock=loop.time)  # one a second (0.99 with the margin)
+        for _ in range(4):
+            await limiter.acquire()
+        waiting = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0.5)
+        said = limiter.holding()
+        await waiting
+        return said, loop.time()
+
+    said, _ = run_virtual(go)
+    # Paced since the second request (t=0); the fourth went at 3 x 60/59.4 s, and half a second has passed since.
+    assert said == "paced by the rate limit (59 requests/min) for 4 s"
