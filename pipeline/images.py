@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
-import dataclasses
 import hashlib
 import math
 import os
@@ -94,10 +93,10 @@ class ImageLoader:
 
     def _read_and_prepare(self, path: str) -> PreparedImage:
         data, stat = _read(path)
-        return dataclasses.replace(self._prepare(path, data), file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns)
+        return self._prepare(path, data, file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns)
 
-    def _prepare(self, where: str, data: bytes) -> PreparedImage:
-        """The CPU-bound part, run in a worker thread: sniff, prepare, hash, encode."""
+    def _prepare(self, where: str, data: bytes, **file_facts: int) -> PreparedImage:
+        """The CPU-bound part: sniff, prepare, hash, encode. `file_facts`: a local file's size and mtime."""
         if not data:
             raise ImageEmptyError(f"image is empty (0 bytes): {where}")
         mime = sniff_mime(data[:16])
@@ -116,6 +115,7 @@ class ImageLoader:
             height=prepared.height,
             original_width=prepared.original_width,
             original_height=prepared.original_height,
+            **file_facts,
         )
 
 
