@@ -70,7 +70,8 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
         input_tokens += estimate_input_tokens(config, image, row.prompt or config.prompt)
         unknown_size += image.width is None
         if not example:
-            shown = image.url if len(image.url) <= 80 else image.url[:60] + f"...<{len(image.url)} characters>"
+            url = image.url if isinstance(image.url, str) else image.url.decode("ascii")
+            shown = url if len(url) <= 80 else url[:60] + f"...<{len(url)} characters>"
             example.append(build_chat_request(config, row.prompt or config.prompt, shown))
 
     await run_pool(rows, check, config.concurrency, progress)

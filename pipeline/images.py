@@ -107,7 +107,7 @@ class ImageLoader:
         except ImageError as e:
             raise type(e)(f"{where}: {e}") from e
         return PreparedImage(
-            url=f"data:{prepared.mime};base64,{base64.b64encode(prepared.data).decode('ascii')}",
+            url=b"".join((b"data:", prepared.mime.encode("ascii"), b";base64,", base64.b64encode(prepared.data))),
             mime=prepared.mime,
             sha256=hashlib.sha256(prepared.data).hexdigest(),
             num_bytes=len(prepared.data),

@@ -77,7 +77,7 @@ class CaptionJob:
         body = encode_chat_request(self.config, prompt, image.url)
         tokens = estimate_request_tokens(self.config, image, prompt)
         # The body holds the image now; keeping its data: URL too would hold every waiting image twice.
-        return ReadyRequest(row, dataclasses.replace(image, url=""), body, tokens, fingerprint)
+        return ReadyRequest(row, dataclasses.replace(image, url=b""), body, tokens, fingerprint)
 
     async def send(self, ready: ReadyRequest) -> None:
         """Send a prepared row (with retries) within the cost budget, and write its result."""

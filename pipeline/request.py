@@ -52,17 +52,17 @@ def build_chat_request(config: JobConfig, prompt: str, image_url: str) -> dict[s
 _SLOT = f"image-slot-{uuid.uuid4().hex}"
 
 
-def encode_chat_request(config: JobConfig, prompt: str, image_url: str) -> bytes:
+def encode_chat_request(config: JobConfig, prompt: str, image_url: str | bytes) -> bytes:
     """The body as bytes, encoded once per row and re-sent as-is on every retry.
 
-    A base64 data URL (ours: data:<mime>;base64,<A-Za-z0-9+/=>) needs no JSON
-    escaping, so it is spliced in rather than scanned by json.dumps, which
-    costs ~2 ms per 400 KB image on the event loop.
+    A local image's data URL comes as ASCII bytes (data:<mime>;base64,<A-Za-z0-9+/=>), which need no
+    JSON escaping: it is spliced in rather than scanned by json.dumps (~2 ms per 400 KB image on the
+    event loop) or copied into a str and back.
     """
-    if not image_url.startswith("data:"):
+    if isinstance(image_url, str):
         return encode_body(build_chat_request(config, prompt, image_url))
     head, slot, tail = encode_body(build_chat_request(config, prompt, _SLOT)).rpartition(_SLOT.encode())
-    return b"".join((head, image_url.encode("ascii"), tail))
+    return b"".join((head, image_url, tail))
 
 
 def encode_body(body: dict[str, Any]) -> bytes:

@@ -28,8 +28,8 @@ def write_image(path: Path, pillow_format: str) -> bytes:
     return path.read_bytes()
 
 
-def decode_data_url(url: str) -> tuple[str, bytes]:
-    header, _, payload = url.partition(",")
+def decode_data_url(url: bytes) -> tuple[str, bytes]:
+    header, _, payload = url.decode("ascii").partition(",")
     assert header.startswith("data:") and header.endswith(";base64")
     return header[len("data:") : -len(";base64")], base64.b64decode(payload, validate=True)
 
@@ -68,7 +68,7 @@ def test_mime_comes_from_content_not_extension(tmp_path):
     prepared = load(tmp_path / "x.jpg")
 
     assert prepared.mime == "image/png"
-    assert prepared.url.startswith("data:image/png;base64,")
+    assert prepared.url.startswith(b"data:image/png;base64,")
 
 
 def test_data_url_holds_the_exact_bytes_and_sha256_matches(tmp_path):

@@ -84,7 +84,7 @@ def test_heic_and_avif_photos_are_read_converted_and_sent(tmp_path, caption, sim
     assert (rows["iphone.heic"]["width"], rows["android.avif"]["height"]) == (64, 64)
     for name in ("iphone.heic", "android.avif"):  # converted: providers take neither format
         row = ManifestRow(1, name, name, str(photos / name))
-        assert asyncio.run(ImageLoader().load(row)).url.startswith("data:image/jpeg;base64,")
+        assert asyncio.run(ImageLoader().load(row)).url.startswith(b"data:image/jpeg;base64,")
     summary, rows = caption(tmp_path / "m.csv", output=tmp_path / "m.parquet")
     assert rows["photos/iphone.heic"]["status"] == "ok"
 
