@@ -20,6 +20,7 @@ from .options import ALWAYS, IF_CHANGED, declared
 from .options import option as _option
 from .providers import check_formats
 from .secret import Secret, looks_like_a_key
+from .storage import protocol
 
 DEFAULT_API_KEY_ENV = "ANYFAST_API_KEY"
 FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
@@ -32,8 +33,10 @@ DEFAULT_PRICES = default_file("prices.toml")
 class JobConfig:
     """Every option of a job, each declared once (see options.py); api_key is never an option."""
 
-    manifest: Path | None = _option(None, "CSV, JSONL, Parquet, .txt (one image per line) or a folder of images", flag=None)
-    output: Path | None = _option(None, "Parquet file to write (default: output/<manifest name>.parquet)", short="-o", metavar="PATH")
+    manifest: Path | str | None = _option(None, "CSV, JSONL, Parquet, .txt (one image per line) or a folder of images; "
+                                          "a local path or a URL (s3://, gs://, az://, hf://, https://)", flag=None)
+    output: Path | None = _option(None, "Parquet file to write, or a folder: a dataset each run adds part files to "
+                                  "(default: output/<manifest name>.parquet)", short="-o", metavar="PATH")
     image_column: str | None = _option(None, "the manifest column that holds the image path or URL, any case "
                                       "(default: the first of image, path, url, image_url, file)", metavar="NAME")
     id_column: str | None = _option(None, "the manifest column that holds each row's id, any case (default: id, else the image value)", metavar="NAME")
@@ -75,6 +78,8 @@ class JobConfig:
                                    choices=("auto", "max_tokens", "max_completion_tokens"))
     extra_body: dict[str, Any] = _option(help="merged into every request body", default_factory=dict, flag=None, fingerprint=IF_CHANGED)
     extra_headers: dict[str, str] = _option(help="sent with every request (not Authorization)", default_factory=dict, flag=None)
+    storage: dict[str, dict[str, Any]] = _option(help="fsspec options per protocol, e.g. [storage.s3] endpoint_url (never logged)",
+                                                 default_factory=dict, flag=None)
     api_key: Secret | None = None
 
     def redact(self, text: str) -> str:
@@ -86,6 +91,7 @@ class JobConfig:
         options = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
         options.update({name: str(options[name]) for name in PATH_OPTIONS if options[name] is not None})
         options["extra_headers"] = sorted(self.extra_headers)  # names only: a header may carry a credential
+        options["storage"] = sorted(self.storage)  # protocols only: options may carry credentials
         return options
 
 
@@ -122,9 +128,9 @@ def load_config(
         raise ConfigError("no manifest given: pass MANIFEST (a CSV, JSONL, Parquet, .txt file or a folder) or set `manifest` in the job file")
     if checked.get("output") is None:
         checked["output"] = Path("output") / f"{Path(checked['manifest']).stem or 'captions'}.parquet"
-    elif checked["output"].suffix.lower() != ".parquet":
+    elif checked["output"].suffix.lower() not in (".parquet", "") and not checked["output"].is_dir():
         # -o x.csv used to write Parquet into a file named .csv; `pipeline export` is for other formats.
-        raise ConfigError(f"--output must name a .parquet file, got {str(checked['output'])!r} "
+        raise ConfigError(f"--output must name a .parquet file or a folder (a dataset of part files), got {str(checked['output'])!r} "
                           f"(try {str(checked['output'].with_suffix('.parquet'))!r})")
     config = JobConfig(**checked)
     key = _find_api_key(config.api_key_env, environ)
@@ -152,7 +158,7 @@ def read_job_file(path: Path) -> dict[str, Any]:
                  for key in sorted(unknown)]
         raise ConfigError(f"job file {path}: unknown option(s) {', '.join(named)}; known: {', '.join(sorted(OPTION_NAMES))}")
     for option in PATH_OPTIONS:
-        if isinstance(data.get(option), str):
+        if isinstance(data.get(option), str) and protocol(data[option]) is None:
             data[option] = path.parent / Path(data[option]).expanduser()
     return data
 
@@ -231,5 +237,18 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{name} must be true or false, got {out[name]!r}")
     for option in PATH_OPTIONS:
         if out.get(option) is not None:
-            out[option] = Path(out[option]).expanduser()
+            out[option] = _location(option, out[option])
+    if out.get("storage") is not None:
+        if not isinstance(out["storage"], dict) or not all(isinstance(v, dict) for v in out["storage"].values()):
+            raise ConfigError("storage must be a table of tables in the job file, one per protocol: [storage.s3] endpoint_url = \"...\"")
     return out
+
+
+def _location(option: str, value: Any) -> Path | str:
+    """A local path, or a URL kept as text (Path would fold its //); only the manifest may be a URL for now."""
+    text = str(value)
+    if protocol(text) is None:
+        return Path(text).expanduser()
+    if option != "manifest":
+        raise ConfigError(f"{option} must be a local path for now, got the URL {text!r} (manifests may be URLs)")
+    return text

@@ -13,16 +13,26 @@ from pathlib import Path
 from .errors import ConfigError
 
 
+def is_dataset(output: Path) -> bool:
+    """A folder output (dataset.py): any --output that does not end in .parquet (config refuses other file names)."""
+    return output.suffix.lower() != ".parquet"
+
+
+def _sidecar(output: Path, suffix: str) -> Path:
+    """Beside a file output; inside a dataset folder under a `_` name, which dataset readers skip."""
+    return output / f"_{suffix}" if is_dataset(output) else output.with_name(f"{output.name}.{suffix}")
+
+
 def journal_path(output: Path) -> Path:
-    return output.with_name(output.name + ".journal.jsonl")
+    return _sidecar(output, "journal.jsonl")
 
 
 def lock_path(output: Path) -> Path:
-    return output.with_name(output.name + ".lock")
+    return _sidecar(output, "lock")
 
 
 def runs_path(output: Path) -> Path:
-    return output.with_name(output.name + ".runs.jsonl")
+    return _sidecar(output, "runs.jsonl")
 
 
 def report_path(output: Path) -> Path:

@@ -19,11 +19,12 @@ import os
 
 import aiohttp
 
-from .errors import ImageEmptyError, ImageError, ImageMissingError, ImageUnreadableError, NotAnImageError
+from .errors import ImageEmptyError, ImageError, ImageMissingError, ImageTooLargeError, ImageUnreadableError, NotAnImageError
 from .fetch import fetch_image
 from .imageprep import prepare_image
 from .providers import ALL_FORMATS
 from .records import ManifestRow, PreparedImage
+from .storage import Storage, StorageError, is_object_url
 
 INLINE_BYTES = 64 * 1024  # files this small are read and prepared on the event loop (bench scenario f)
 _KNOWN = "JPEG/PNG/GIF/WebP/BMP/TIFF/HEIC/AVIF"
@@ -66,7 +67,9 @@ class ImageLoader:
         fetch_timeout: float = 30.0,
         accepted: frozenset[str] = ALL_FORMATS,
         inline_bytes: int = INLINE_BYTES,
+        store: Storage | None = None,
     ):
+        self._store = store
         self.inline_bytes = inline_bytes
         self.max_side = max_side
         self.max_bytes = max_bytes
@@ -82,6 +85,8 @@ class ImageLoader:
             # A download may be larger than what we send: it is scaled down after.
             data = await fetch_image(row.source, self._fetch_session, max_bytes=4 * self.max_bytes, timeout=self._fetch_timeout)
             return await asyncio.to_thread(self._prepare, row.source, data)
+        if is_object_url(row.source):
+            return await self._read_object(row.source)
         path = os.path.abspath(row.source)
         if _size(path) <= self.inline_bytes:
             # Small files: read, check and encode right here. A thread would cost more than the work: the
@@ -90,6 +95,27 @@ class ImageLoader:
         # One thread hop for the whole job: aiofiles would add three (open, read, close),
         # which cost more than the read itself for a typical photo (bench scenario b).
         return await asyncio.to_thread(self._read_and_prepare, path)
+
+    async def _read_object(self, url: str) -> PreparedImage:
+        """An object in a bucket: read whole (range-free), then prepared like a local file, in a thread."""
+        if self._store is None:
+            self._store = Storage()
+        # A read may be larger than what is sent: it is scaled down after (as for a download).
+        try:
+            data, stat = await self._store.read(url, max_bytes=4 * self.max_bytes)
+        except FileNotFoundError:
+            raise ImageMissingError(f"image object not found: {url}") from None
+        except IsADirectoryError:
+            raise ImageUnreadableError(f"image URL is a folder, not an object: {url}") from None
+        except PermissionError:
+            raise ImageUnreadableError(f"access denied reading {url} (check the store's credentials)") from None
+        except StorageError as e:
+            raise ImageUnreadableError(f"cannot read {url}: {e}") from None
+        except ValueError as e:
+            raise ImageTooLargeError(f"{url}: {e}") from None
+        except Exception as e:  # the store's own errors (network, throttling after its retries, credentials)
+            raise ImageUnreadableError(f"cannot read {url}: {type(e).__name__}: {e}") from None
+        return await asyncio.to_thread(self._prepare, url, data, file_size=stat.size, file_mtime_ns=stat.mtime_ns)
 
     def _read_and_prepare(self, path: str) -> PreparedImage:
         data, stat = _read(path)

@@ -17,22 +17,26 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import storage
 from .errors import ManifestError
 from .hashedset import HashedSet
+from .manifest_files import (
+    count_lines,
+    folder_entries,
+    scan_folder,
+    open_file,
+    parquet_file,
+    RemoteFile,
+)
 from .manifest_readers import (
     USUAL,
     Chosen,
     Entry,
     check_columns,
-    count_lines,
     csv_entries,
     csv_header,
     extra_columns,
     sampled_names,
-    folder_entries,
-    scan_folder,
-    open_file,
-    parquet_file,
     read_jsonl,
     read_parquet,
     read_txt,
@@ -101,18 +105,25 @@ class Manifest:
         elif stats.duplicates == MAX_DUPLICATE_EXAMPLES + 1:
             log.warning("%s: more duplicate ids; counting them without logging each", self.path.name)
 
-def open_manifest(path: str | os.PathLike, image_column: str | None = None, id_column: str | None = None) -> Manifest:
+def open_manifest(path: str | os.PathLike, image_column: str | None = None, id_column: str | None = None,
+                  store: storage.Storage | None = None) -> Manifest:
     """Check that the manifest can be read and return it; rows are read later, lazily.
 
-    `image_column` / `id_column` name the columns to use instead of the usual names (any case)."""
-    path = Path(os.path.abspath(os.path.expanduser(path)))
+    `path` is a local path or any fsspec URL (`store` reads it). `image_column` / `id_column` name the
+    columns to use instead of the usual names (any case)."""
     chosen: Chosen = (image_column or None, id_column or None)
-    if not path.exists():
-        raise ManifestError(f"manifest not found: {path}")
-    if (path.is_dir() or path.suffix.lower() == ".txt") and chosen != USUAL:
-        what = "a folder" if path.is_dir() else "a .txt manifest"
+    if storage.protocol(str(path)):
+        path, is_dir = _remote(str(path), store or storage.Storage())
+        base = path.folder
+    else:
+        path = Path(os.path.abspath(os.path.expanduser(path)))
+        if not path.exists():
+            raise ManifestError(f"manifest not found: {path}")
+        is_dir, base = path.is_dir(), str(path.parent)
+    if (is_dir or path.suffix.lower() == ".txt") and chosen != USUAL:
+        what = "a folder" if is_dir else "a .txt manifest"
         raise ManifestError(f"--image-column and --id-column name columns of a CSV, JSONL or Parquet manifest; {path} is {what}, which has none")
-    if path.is_dir():
+    if is_dir:
         scan = scan_folder(path)  # once: the count, the plan and the reader see the same files
         if scan.skipped:
             log.warning("%s: skipped %d files that are not images (%s%s)", path, scan.skipped, ", ".join(scan.skipped_examples),
@@ -121,7 +132,6 @@ def open_manifest(path: str | os.PathLike, image_column: str | None = None, id_c
         manifest = Manifest(path, partial(folder_entries, path, scan.images), lambda: len(scan.images))
         manifest.skipped_files = scan.skipped
         return manifest
-    base = str(path.parent)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         delimiter = "\t" if suffix == ".tsv" else ","
@@ -144,3 +154,21 @@ def open_manifest(path: str | os.PathLike, image_column: str | None = None, id_c
         f"unsupported manifest type {kind} for {path}; "
         "use a .csv, .tsv, .jsonl, .ndjson, .parquet or .txt file, or a folder of images"
     )
+
+
+def _remote(url: str, store: storage.Storage) -> tuple[RemoteFile, bool]:
+    """The manifest at a URL, and whether it is a folder (a prefix of images); it must exist."""
+    manifest = RemoteFile(url, store)
+    try:
+        fs, where = store.filesystem(url)
+        if url.endswith("/") or fs.isdir(where):
+            return manifest, True
+        if not fs.exists(where):
+            raise ManifestError(f"manifest not found: {url}")
+    except storage.StorageError as e:
+        raise ManifestError(f"cannot read manifest {url}: {e}") from None
+    except ManifestError:
+        raise
+    except Exception as e:  # the store's own errors: no credentials, no such bucket, access denied
+        raise ManifestError(f"cannot read manifest {url}: {type(e).__name__}: {e}") from None
+    return manifest, False

@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import pyarrow
-import pyarrow.parquet as pq
 
+from . import storage
 from .errors import ManifestError, ManifestRowError
+from .manifest_files import _lines, _unreadable, open_file, parquet_file
 
 IMAGE_COLUMNS = ("image", "path", "url", "image_url", "file")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"})
 
 _EXPECTED_IMAGE = "expected a column named image, path, url, image_url or file"
 _URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -146,36 +146,6 @@ def read_parquet(path: Path) -> Iterator[Raw]:
         raise ManifestError(f"cannot read Parquet manifest {path} after record {record}: {e}") from None
 
 
-class FolderScan(NamedTuple):
-    images: list[str]  # relative paths (with /), sorted
-    skipped: int  # files that are not images we read (hidden files are not counted)
-    skipped_examples: list[str]
-
-
-def scan_folder(root: Path, examples: int = 5) -> FolderScan:
-    """The images under root (hidden files and folders left out), and what else was there."""
-    found, skipped, names = [], 0, []
-    for folder, subfolders, files in os.walk(root, onerror=_folder_error):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        for name in files:
-            if name.startswith("."):
-                continue
-            relative = Path(folder, name).relative_to(root).as_posix()
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(relative)
-            else:
-                skipped += 1
-                if len(names) < examples:
-                    names.append(relative)
-    return FolderScan(sorted(found), skipped, sorted(names))
-
-
-def folder_entries(root: Path, images: list[str]) -> Iterator[Entry]:
-    # Not through _apply_rules: a file name is exact, never trimmed or resolved.
-    for index, name in enumerate(images, 1):
-        yield index, name, name, str(root / name), None, None, {}
-
-
 # --- the rules shared by all formats -------------------------------------------
 
 
@@ -242,7 +212,7 @@ def _image(fields: dict[str, Any], key: str | None, named: str | None = None) ->
 
 
 def _source(image: str, base: str) -> str:
-    """http(s) URLs as they are; anything else becomes an absolute local path."""
+    """http(s) and object-store URLs as they are; anything else is relative to the manifest's folder (a path or a URL)."""
     if image.startswith(("http://", "https://")):  # the usual case first
         return image
     scheme = _URL_SCHEME.match(image) if "://" in image else None  # the cheap test first: this runs per row
@@ -251,11 +221,15 @@ def _source(image: str, base: str) -> str:
         if name in ("http", "https"):
             return name + image[len(name) :]  # lower-case scheme, so ManifestRow.is_remote agrees
         if name != "file":
-            raise ManifestRowError(f"unsupported URL scheme {name}:// in {image!r:.80} (use http(s) or a local path)")
+            if not storage.known_protocol(name):
+                raise ManifestRowError(f"unsupported URL scheme {name}:// in {image!r:.80} (use a local path, http(s) or a store fsspec knows: s3, gs, az, hf)")
+            return name + image[len(name) :]
         url = urlsplit(image)
         if url.netloc not in ("", "localhost"):
             raise ManifestRowError(f"file URL on another host is not supported: {image!r:.80}")
         image = url2pathname(url.path)
+    if "://" in base and not image.startswith(("/", "~")):
+        return storage.join(base, image)  # a key beside a manifest in a bucket
     if image.startswith("~"):
         image = os.path.expanduser(image)
     return os.path.normpath(os.path.join(base, image))  # base is absolute
@@ -269,9 +243,6 @@ def _prompt(value: Any) -> str | None:
     return value
 
 
-# --- file helpers ---------------------------------------------------------------
-
-
 def check_columns(path: Path, names: list[str], chosen: Chosen = USUAL, where: str = "") -> None:
     """Exit 2 with one message when the manifest has no image column, or lacks a column the user named."""
     image, row_id, _ = _special_columns(tuple(names), *chosen)
@@ -282,52 +253,3 @@ def check_columns(path: Path, names: list[str], chosen: Chosen = USUAL, where: s
         raise ManifestError(f"manifest {path} has no image column{where}; found columns {found}; {expected}")
     if id_column and row_id is None:
         raise ManifestError(f"manifest {path} has no column {id_column!r} (--id-column){where}; found columns {found}")
-
-
-def open_file(path: Path, mode: str = "rb", **kwargs: Any) -> Any:
-    try:
-        return open(path, mode, **kwargs)
-    except OSError as e:
-        raise ManifestError(f"cannot read manifest {path}: {e.strerror or e}") from None
-
-
-def _unreadable(path: Path, reader: Any, error: Exception) -> ManifestError:
-    if isinstance(error, UnicodeDecodeError):
-        reason = f"not valid UTF-8 ({error.reason}); save it as UTF-8"
-    else:
-        reason = str(error)
-    where = f" after line {reader.line_num}" if reader.line_num else ""
-    return ManifestError(f"cannot read manifest {path}{where}: {reason}")
-
-
-def parquet_file(path: Path) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except (pyarrow.ArrowException, OSError) as e:
-        raise ManifestError(f"cannot read Parquet manifest {path}: {e}") from None
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str | None]]:
-    """(line number, stripped text) for each line; text is None when not UTF-8."""
-    with open_file(path) as f:
-        for number, data in enumerate(f, 1):
-            try:
-                text = data.decode("utf-8-sig" if number == 1 else "utf-8").strip()
-            except UnicodeDecodeError:
-                text = None
-            yield number, text
-
-
-def count_lines(path: Path, header: int = 0) -> int:
-    lines, last = 0, b"\n"
-    with open_file(path) as f:
-        while chunk := f.read(1 << 20):
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    if last != b"\n":
-        lines += 1  # a last line without a newline
-    return max(0, lines - header)
-
-
-def _folder_error(error: OSError) -> None:
-    raise ManifestError(f"cannot read folder {error.filename}: {error.strerror}")

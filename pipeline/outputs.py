@@ -1,5 +1,6 @@
-"""Reading an output as the next run would see it: the Parquet file's rows, with the rows a killed run left in
-its journal in place of theirs (the journal is newer; the next run folds it in). `status` and `export` read it.
+"""Reading an output as the next run would see it: the Parquet file's rows (or a dataset's parts, a later part's
+row in place of an earlier one's), with the rows a killed run left in its journal in place of theirs (the journal
+is newer; the next run folds it in). `status`, `export` and `compact` read it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ConfigError
+from .dataset import stored_files
 from .files import journal_path, not_our_output
-from .writer import conform, read_journal, rows_to_table, unified_schema
+from .merge import conform, read_journal, rows_to_table, unified_schema
 
 BATCH_ROWS = 65_536
 
@@ -23,32 +25,51 @@ class Output:
         self.path = path
         journal = journal_path(path)
         self.journal = rows_to_table(list(read_journal(journal))) if journal.exists() else None
-        self._file = _open(path) if path.exists() else None
-        if self._file is None and self.journal is None:
+        self._paths = stored_files(path)  # the file, or a dataset's parts oldest first
+        self._files = [_open(p) for p in self._paths]
+        if not self._files and self.journal is None:
             raise ConfigError(f"{path}: no such output (no run has written it yet)")
-        file_schema = self._file.schema_arrow if self._file else None
-        self.schema = unified_schema(file_schema, self.journal.schema) if self.journal is not None else file_schema
+        schema = None
+        for file in self._files:
+            schema = unified_schema(schema, file.schema_arrow)
+        self.schema = unified_schema(schema, self.journal.schema) if self.journal is not None else schema
 
     @property
     def journal_rows(self) -> int:
         return self.journal.num_rows if self.journal is not None else 0
 
+    @property
+    def parts(self) -> int:
+        return len(self._files)
+
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """The rows, one batch at a time (bounded memory), in `columns` (those of them it has) or all of them."""
+        """The rows, newest per id, one batch at a time, in `columns` (those of them it has) or all of them."""
         schema = self.schema if columns is None else pa.schema([f for f in self.schema if f.name in columns])
-        replaced = self.journal.column("id") if self.journal is not None else None
-        if self._file is not None:
-            present = [name for name in schema.names if name in self._file.schema_arrow.names]
+        for path, file, replaced in zip(self._paths, self._files, self._ids_written_later()):
+            present = [name for name in schema.names if name in file.schema_arrow.names]
             try:
-                for batch in self._file.iter_batches(batch_size=BATCH_ROWS, columns=sorted(set(present) | {"id"})):
+                for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=sorted(set(present) | {"id"})):
                     table = pa.Table.from_batches([batch])
                     if replaced is not None:
-                        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=replaced.combine_chunks())))
+                        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=replaced)))
                     yield from conform(table, schema).to_batches()
             except (OSError, pa.ArrowException) as e:
-                raise not_our_output(self.path, e) from None
+                raise not_our_output(path, e) from None
         if self.journal is not None:
             yield from conform(self.journal, schema).to_batches()
+
+    def _ids_written_later(self) -> list[pa.Array | None]:
+        """For each file, the ids that a later part or the journal holds a newer row for (only ids are read)."""
+        later: list[pa.Array] = [self.journal.column("id").combine_chunks()] if self.journal is not None else []
+        out: list[pa.Array | None] = []
+        for path, file in reversed(list(zip(self._paths, self._files))):
+            out.append(pa.concat_arrays(later) if later else None)
+            if len(self._files) > 1:
+                try:
+                    later.append(file.read(columns=["id"]).column("id").combine_chunks())
+                except (OSError, pa.ArrowException) as e:
+                    raise not_our_output(path, e) from None
+        return out[::-1]
 
 
 def _open(path: Path) -> pq.ParquetFile:

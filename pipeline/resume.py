@@ -4,7 +4,8 @@ A row is done when the output has an ok row for its id made with the same
 fingerprint (model, prompt, system, max_tokens, temperature, and the image
 and request settings that change what is sent). Change any of those and the row is captioned again.
 A local image's row also records the file's size and modification time: a file replaced since
-is captioned again (rsync's quick check: one stat per row, no read).
+is captioned again (rsync's quick check: one stat per row, no read). An object in a bucket is
+checked the same way from its prefix's listing (storage.Storage.stat: one LIST per prefix).
 Finding what is left reads only those columns of the output, never an image.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -23,8 +23,10 @@ import pyarrow.parquet as pq
 from .config import JobConfig
 from .options import ALWAYS, IF_CHANGED, declared
 from .hashedset import HashedSet
+from .dataset import stored_files
 from .files import journal_path, not_our_output
-from .writer import read_journal
+from .storage import ObjectStat, Storage, is_object_url, local_stat
+from .merge import read_journal
 
 INDEX_COLUMNS = ("id", "status", "fingerprint", "file_size", "file_mtime_ns")
 _INDEX_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("fingerprint", pa.string()),
@@ -53,24 +55,26 @@ def fingerprinter(config: JobConfig) -> Callable[[str], str]:
 class ResumeIndex:
     """What the output holds, read with pyarrow a batch at a time and kept as hashes (see HashedSet)."""
 
-    def __init__(self, retry_errors: bool = True, expected: int = 0):
+    def __init__(self, retry_errors: bool = True, expected: int = 0, store: Storage | None = None):
+        self._store = store
         self._ok = HashedSet(expected)  # (id, fingerprint) of the ok rows with no file stat (URLs, older outputs)
         self._ok_files = HashedSet(expected)  # (id, fingerprint, size, mtime_ns) of the ok rows of local files
         self._failed = None if retry_errors else HashedSet()  # ids of the error rows, skipped only with retry_errors off
         self.rows_in_output = 0
 
     @classmethod
-    def load(cls, output: Path, *, retry_errors: bool = True) -> "ResumeIndex":
-        """Index the output and any journal a killed run left beside it (read only)."""
-        parquet = _open_output(output) if output.exists() else None
-        index = cls(retry_errors, expected=parquet.metadata.num_rows if parquet is not None else 0)
-        if parquet is not None:
+    def load(cls, output: Path, *, retry_errors: bool = True, store: Storage | None = None) -> "ResumeIndex":
+        """Index the output and any journal a killed run left beside it (read only); `store` stats objects in buckets."""
+        paths = stored_files(output)  # the output file, or a dataset's parts oldest first
+        files = [_open_output(path) for path in paths]
+        index = cls(retry_errors, expected=sum(f.metadata.num_rows for f in files), store=store)
+        for path, parquet in zip(paths, files):
             try:
                 columns = [c for c in INDEX_COLUMNS if c in parquet.schema_arrow.names]
                 for batch in parquet.iter_batches(batch_size=65_536, columns=columns):
                     index._add_batch(pa.Table.from_batches([batch]))
             except (OSError, ValueError, KeyError) as e:
-                raise not_our_output(output, e) from None
+                raise not_our_output(path, e) from None
         journal = journal_path(output)
         if journal.exists():
             rows = [tuple(r.get(name) for name in INDEX_COLUMNS) for r in read_journal(journal)]
@@ -100,11 +104,20 @@ class ResumeIndex:
             return True
         if not self._ok_files or source is None or source.startswith(("http://", "https://")):
             return False
-        try:
-            stat = os.stat(source)
-        except OSError:
+        stat = self._stat(source)
+        if stat is None:
             return False  # gone: the row is tried again, and says so
-        return (row_id, fingerprint, stat.st_size, stat.st_mtime_ns) in self._ok_files
+        return (row_id, fingerprint, stat.size, stat.mtime_ns) in self._ok_files
+
+    def _stat(self, source: str) -> ObjectStat | None:
+        if not is_object_url(source):
+            return local_stat(source)
+        if self._store is None:
+            self._store = Storage()
+        try:
+            return self._store.stat(source)
+        except Exception:  # cannot list (credentials, network): the row is read again, and its error says why
+            return None
 
 
 def _open_output(output: Path) -> pq.ParquetFile:

@@ -35,6 +35,7 @@ from .ratelimit import RateLimiter
 from .records import ManifestRow
 from .resume import ResumeIndex, fingerprinter
 from .runlog import append_run_record
+from .storage import Storage
 from .summary import RunSummary, run_record, summarize_run
 from .writer import ResultWriter
 
@@ -60,7 +61,12 @@ async def run_job_async(config: JobConfig) -> RunSummary:
 
 
 async def _run(config: JobConfig, started_at: float) -> RunSummary:
-    manifest = open_manifest(config.manifest, config.image_column, config.id_column)
+    with Storage(config.storage, threads=config.concurrency) as store:
+        return await _run_with(config, store, started_at)
+
+
+async def _run_with(config: JobConfig, store: Storage, started_at: float) -> RunSummary:
+    manifest = open_manifest(config.manifest, config.image_column, config.id_column, store)
     price = load_price(config.prices, config.model)
     if config.max_cost is not None and price is None:  # before any file is touched
         raise ConfigError(f"--max-cost needs a price for {config.model}: add it to a copy of {config.prices} and pass --prices")
@@ -71,14 +77,14 @@ async def _run(config: JobConfig, started_at: float) -> RunSummary:
         progress = _progress(config, manifest, price)
         counting = None
         try:
-            index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors)
+            index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors, store=store)
             is_done = _is_done(config, index)
             counting = await plan.start(config, manifest, is_done, progress, index.rows_in_output)
             rows = _rows_to_do(config, manifest, is_done, progress.counters)
             limiter = RateLimiter(rpm=config.rpm, tpm=config.tpm)
             progress.watch(limiter.holding)
             connector = aiohttp.TCPConnector(limit=config.concurrency)
-            async with aiohttp.ClientSession(connector=connector) as session, _image_loader(config) as images:
+            async with aiohttp.ClientSession(connector=connector) as session, _image_loader(config, store) as images:
                 client = ChatClient(
                     session, config.base_url, config.api_key, config.timeout,
                     stall_timeout=config.stall_timeout, extra_headers=config.extra_headers,
@@ -106,12 +112,13 @@ async def _run(config: JobConfig, started_at: float) -> RunSummary:
 async def _dry_run(config: JobConfig) -> RunSummary:
     from .dryrun import dry_run  # with what it reads earlier answers with: not on a real run's way
 
-    manifest = open_manifest(config.manifest, config.image_column, config.id_column)
-    index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors)
-    progress = _progress(config, manifest, load_price(config.prices, config.model))
-    rows = _rows_to_do(config, manifest, _is_done(config, index), progress.counters)
-    async with _image_loader(config) as images:
-        return await dry_run(config, manifest, rows, progress, images)
+    with Storage(config.storage, threads=config.concurrency) as store:
+        manifest = open_manifest(config.manifest, config.image_column, config.id_column, store)
+        index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors, store=store)
+        progress = _progress(config, manifest, load_price(config.prices, config.model))
+        rows = _rows_to_do(config, manifest, _is_done(config, index), progress.counters)
+        async with _image_loader(config, store) as images:
+            return await dry_run(config, manifest, rows, progress, images)
 
 
 def _progress(config: JobConfig, manifest: Manifest, price: Price | None) -> Progress:
@@ -119,9 +126,9 @@ def _progress(config: JobConfig, manifest: Manifest, price: Price | None) -> Pro
 
 
 @asynccontextmanager
-async def _image_loader(config: JobConfig) -> AsyncIterator[ImageLoader]:
+async def _image_loader(config: JobConfig, store: Storage) -> AsyncIterator[ImageLoader]:
     """The job's image settings, with a guarded download session when --fetch-remote is on."""
-    settings = {"max_side": config.max_image_side, "max_bytes": config.max_image_bytes,
+    settings = {"max_side": config.max_image_side, "max_bytes": config.max_image_bytes, "store": store,
                 "accepted": accepted_image_formats(config.image_formats, config.base_url, config.model)}
     if not config.fetch_remote:
         yield ImageLoader(**settings)

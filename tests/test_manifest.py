@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ManifestError
-import pipeline.manifest_readers
+import pipeline.manifest_files
 from pipeline.manifest import open_manifest
 
 
@@ -129,7 +129,7 @@ def test_urls_file_urls_and_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     path = write(
         tmp_path / "m.txt",
-        "https://example.com/a.jpg?x=1\nHTTP://Example.com/B.jpg\nfile:///data/my%20pic.png\n~/c.jpg\n/abs/d.jpg\ns3://bucket/e.jpg\n",
+        "https://example.com/a.jpg?x=1\nHTTP://Example.com/B.jpg\nfile:///data/my%20pic.png\n~/c.jpg\n/abs/d.jpg\nnope://bucket/e.jpg\nS3://bucket/f.jpg\n",
     )
     _, rows = rows_of(path)
     assert [r.source for r in rows[:5]] == [
@@ -140,8 +140,9 @@ def test_urls_file_urls_and_home(tmp_path, monkeypatch):
         "/abs/d.jpg",
     ]
     assert rows[0].is_remote and not rows[2].is_remote
-    assert rows[5].problem.startswith("line 6: unsupported URL scheme s3://")
-    assert rows[5].id == "s3://bucket/e.jpg" and rows[5].source == ""
+    assert rows[5].problem.startswith("line 6: unsupported URL scheme nope://")
+    assert rows[5].id == "nope://bucket/e.jpg" and rows[5].source == ""
+    assert rows[6].source == "s3://bucket/f.jpg" and rows[6].problem is None  # a bucket object: read through fsspec
 
 
 # --- problems -----------------------------------------------------------------
@@ -252,7 +253,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     path = write(tmp_path / "m.txt", "a.jpg\n")
-    monkeypatch.setattr(pipeline.manifest_readers, "open", denied, raising=False)  # works as root too
+    monkeypatch.setattr(pipeline.manifest_files, "open", denied, raising=False)  # works as root too
     with pytest.raises(ManifestError, match="cannot read manifest .*m.txt: Permission denied"):
         open_manifest(path)
 

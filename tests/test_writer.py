@@ -6,9 +6,10 @@ import pyarrow.parquet as pq
 from pipeline.errors import NotAnImageError
 from pipeline.records import Completion, ManifestRow, PreparedImage
 from pipeline.results import OUTPUT_SCHEMA, error_row, ok_row
-from pipeline import writer as writer_module
+from pipeline import merge as merge_module
 from pipeline.files import journal_path
-from pipeline.writer import ResultWriter, read_journal
+from pipeline.merge import read_journal
+from pipeline.writer import ResultWriter
 
 
 def _row(i, **extra):
@@ -79,7 +80,7 @@ def test_replacing_an_output_leaves_no_temporary_files(tmp_path):
 
 
 def test_a_journal_longer_than_a_chunk_merges_as_one_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "JOURNAL_CHUNK_ROWS", 3)
+    monkeypatch.setattr(merge_module, "JOURNAL_CHUNK_ROWS", 3)
     out = tmp_path / "out.parquet"
     first = ResultWriter(out).open()
     for i in range(4):
@@ -108,10 +109,10 @@ def test_a_journal_longer_than_a_chunk_merges_as_one_table(tmp_path, monkeypatch
 
 
 def test_a_merge_holds_one_chunk_of_the_journal_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "JOURNAL_CHUNK_ROWS", 3)
+    monkeypatch.setattr(merge_module, "JOURNAL_CHUNK_ROWS", 3)
     tables_built = []
-    rows_to_table = writer_module.rows_to_table
-    monkeypatch.setattr(writer_module, "rows_to_table", lambda rows: tables_built.append(len(rows)) or rows_to_table(rows))
+    rows_to_table = merge_module.rows_to_table
+    monkeypatch.setattr(merge_module, "rows_to_table", lambda rows: tables_built.append(len(rows)) or rows_to_table(rows))
     out = tmp_path / "out.parquet"
     writer = ResultWriter(out).open()
     for i in range(10):
@@ -122,7 +123,7 @@ def test_a_merge_holds_one_chunk_of_the_journal_at_a_time(tmp_path, monkeypatch)
 
 
 def test_a_killed_runs_journal_is_recovered_a_chunk_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "JOURNAL_CHUNK_ROWS", 2)
+    monkeypatch.setattr(merge_module, "JOURNAL_CHUNK_ROWS", 2)
     out = tmp_path / "out.parquet"
     lines = [json.dumps(_ok(i, tag=i)) for i in range(5)] + ["not json", json.dumps(_ok(0, tag="again"))]
     journal_path(out).write_text("\n".join(lines) + "\n" + json.dumps(_ok(9))[:40])

@@ -9,6 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.errors import ConfigError
+from pipeline.files import is_dataset
+from pipeline.outputs import Output
 from pipeline.report.errors import ReportError
 
 HISTOGRAM_BINS = 24
@@ -18,12 +21,21 @@ ROW_FIELDS = ("id", "image", "status", "caption", "error_type", "error", "prompt
 
 
 def read_output(path: Path) -> pa.Table:
-    if not path.is_file():
+    if is_dataset(path):  # a folder of parts: the newest row per id, as the next run sees it
+        if not path.is_dir():
+            raise ReportError(f"{path}: no such dataset output (pass the folder or the Parquet file a caption run wrote)")
+        try:
+            output = Output(path)
+            table = pa.Table.from_batches(list(output.batches()), schema=output.schema)
+        except ConfigError as e:
+            raise ReportError(str(e)) from e
+    elif not path.is_file():
         raise ReportError(f"{path}: no such file (pass the Parquet file a caption run wrote)")
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise ReportError(f"{path}: not a readable Parquet file ({e})") from e
+    else:
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as e:
+            raise ReportError(f"{path}: not a readable Parquet file ({e})") from e
     missing = {"id", "status"} - set(table.column_names)
     if missing:
         raise ReportError(f"{path}: not a caption output (no {', '.join(sorted(missing))} column)")
