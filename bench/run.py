@@ -32,9 +32,11 @@ import data  # noqa: E402
 from procs import REPO, cores, stop_all  # noqa: E402
 from scenarios import CPU_BOUND, SCENARIOS, BenchError, Context, Result  # noqa: E402
 from yardstick import yardstick  # noqa: E402
+from append import append  # noqa: E402
 
 SCENARIOS["f"] = yardstick  # against bench/cheap_server.py: a yardstick not tuned to the job
-CPU_BOUND.add("f")
+SCENARIOS["g"] = append  # a dataset output that grows (issue 14)
+CPU_BOUND.update({"f", "g"})
 
 RESULTS = REPO / "bench" / "results"
 NOISY = 0.1  # cores of CPU used by other processes during a run, above which a result is flagged

@@ -385,6 +385,14 @@ def resume(ctx: Context) -> list[Result]:
 
 def finished_output(manifest: Path, output: Path, base_url: str, n: int) -> str:
     """Write the Parquet output a complete run over `manifest` leaves (every row ok), as the CLI will see it."""
+    table, fingerprint = finished_table(manifest, output, base_url, n)
+    fresh(output)
+    pq.write_table(table, output, compression="zstd")
+    return fingerprint
+
+
+def finished_table(manifest: Path, output: Path, base_url: str, n: int) -> tuple[pa.Table, str]:
+    """The rows a complete run over url_manifest(n, with_ids=True) leaves, every one ok, and their fingerprint."""
     from pipeline.config import load_config
     from pipeline.resume import fingerprinter
     from pipeline.results import OUTPUT_SCHEMA
@@ -403,9 +411,7 @@ def finished_output(manifest: Path, output: Path, base_url: str, n: int) -> str:
     }
     # Columns not filled above (errors, image facts of local files, usage details) are null, as for URL rows.
     columns = [pa.array(values[f.name], type=f.type) if f.name in values else pa.nulls(n, f.type) for f in OUTPUT_SCHEMA]
-    fresh(output)
-    pq.write_table(pa.Table.from_arrays(columns, schema=OUTPUT_SCHEMA), output, compression="zstd")
-    return fingerprint
+    return pa.Table.from_arrays(columns, schema=OUTPUT_SCHEMA), fingerprint
 
 
 CPU_BOUND = {"a", "b", "e"}  # the scenarios whose figures other load on the machine would skew

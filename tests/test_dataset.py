@@ -124,3 +124,18 @@ def test_compact_and_outputs_refuse_clearly(tmp_path):
     assert done.returncode == 2 and "single Parquet file" in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run([sys.executable, "-m", "pipeline", "compact", str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "no such dataset output" in done.stderr
+
+
+def test_status_and_the_review_page_read_a_dataset_newest_row_per_id(simulator, tmp_path):
+    manifest = make_manifest(tmp_path, 4)
+    out = tmp_path / "out"
+    assert run(manifest, out, simulator.base_url)[0] == 0
+    Image.new("RGB", (30, 20), (1, 2, 3)).save(tmp_path / "i1.png")  # changed: captioned again into a second part
+    assert run(manifest, out, simulator.base_url)[0] == 0
+    done = subprocess.run([sys.executable, "-m", "pipeline", "status", str(out), "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert (status["rows"], status["ok"]) == (4, 4) and len(status["last_runs"]) == 2
+    from pipeline.report import write_report
+    page = write_report(out, tmp_path / "r.html").html_path.read_text()
+    assert page.count('"r1"') == 1 and all(f'"r{i}"' in page for i in range(4))
