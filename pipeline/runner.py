@@ -75,12 +75,12 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
     with OutputLock(config.output):
         writer = ResultWriter(config.output).open()
         progress = _progress(config, manifest, price)
-        counting = None
+        planning = None
         try:
             index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors, store=store)
             is_done = _is_done(config, index)
-            counting = await plan.start(config, manifest, is_done, progress, index.rows_in_output)
             rows = _rows_to_do(config, manifest, is_done, progress.counters)
+            planning = await plan.start(config, manifest, is_done, progress, index.rows_in_output, rows)
             limiter = RateLimiter(rpm=config.rpm, tpm=config.tpm)
             progress.watch(limiter.holding)
             connector = aiohttp.TCPConnector(limit=config.concurrency)
@@ -93,15 +93,15 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
                 job = CaptionJob(config, images, client, writer, progress, stop)
                 with signals_to(stop):
                     try:
-                        await run_pool(rows, job.prepare, config.concurrency, progress, send=job.send, stop=stop, grace=config.grace)
+                        await run_pool(planning.rows, job.prepare, config.concurrency, progress, send=job.send, stop=stop, grace=config.grace)
                     except* RunAborted as group:
                         aborted = str(group.exceptions[0])
                         log.error("%s", aborted)
                     except* (ManifestError, OutputWriteError) as group:  # what finished is still written below
                         raise group.exceptions[0] from None
         finally:
-            if counting is not None:
-                counting.stop()
+            if planning is not None:
+                planning.stop()
             progress.close()
             writer.close()
         summary = summarize_run(config, manifest, progress, aborted=aborted, stopped_by=stop.reason, budget=job.budget_note())

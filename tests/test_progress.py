@@ -137,3 +137,28 @@ def test_a_run_logs_its_plan_at_the_start_and_counts_its_429s(simulator, tmp_pat
     assert summary.rate_limited == simulator.stats()["by_status"]["429"] == 4  # each image's first request
     assert (summary.rows, summary.requests, summary.retries) == (4, 8, 4)
     logging.getLogger("pipeline").handlers.clear()
+
+
+@pytest.mark.parametrize("room", [100, 2])
+def test_a_resume_reads_its_manifest_once_unless_more_rows_are_left_than_the_read_ahead_holds(simulator, tmp_path, caption, monkeypatch, room):
+    """The nightly case: a long manifest, mostly done. The reader's own pass is the plan; a second reader
+    counts only when the rows left outnumber the read-ahead. Either way the plan is exact."""
+    from helpers import image_manifest
+    from pipeline import plan
+    from pipeline.manifest import Manifest
+
+    manifest = image_manifest(tmp_path, 12)
+    caption(manifest, limit=7)
+    second_readers = []
+    real = Manifest.second_reader
+    monkeypatch.setattr(Manifest, "second_reader", lambda self: second_readers.append(1) or real(self))
+    monkeypatch.setattr(plan, "READ_AHEAD_ROWS", room)
+    stream = io.StringIO()
+    setup_logging("json", stream)
+    summary, rows = caption(manifest)
+    logging.getLogger("pipeline").handlers.clear()
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    plans = [e["plan"] for e in events if e.get("event") in ("start", "plan") and e["plan"].get("to_do") is not None]
+    assert plans and (plans[0]["to_do"], plans[0]["already_done"], plans[0]["rows"]) == (5, 7, 12)
+    assert summary.ok == 5 and len(rows) == 12
+    assert len(second_readers) == (0 if room == 100 else 1)
