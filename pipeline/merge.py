@@ -105,20 +105,22 @@ class SpilledJournal:
 
     def newest_rows(self) -> tuple[pa.Array, Iterator[pa.Table]]:
         """The journal's distinct ids, and its tables keeping only the newest row per id."""
-        import pyarrow.compute as pc  # only when an output is read: not at start-up (~40 ms)
         ids = pa.chunked_array(self._ids, pa.string())
+        if len(self._parts) == 1:  # one chunk is one row per id already (rows_to_table): no compute kernels to load
+            return ids.combine_chunks(), self._tables(None)
+        import pyarrow.compute as pc  # only when there is something to compute (~45 ms to import)
         positions = pa.table({"id": ids, "position": pa.array(range(len(ids)), pa.int64())})
         # rows_to_table kept the last row per id within a chunk; across chunks the latest position wins.
         newest = positions.group_by("id", use_threads=False).aggregate([("position", "max")])
         is_newest = pc.is_in(positions.column("position"), value_set=newest.column("position_max").combine_chunks())
         return newest.column("id").combine_chunks(), self._tables(is_newest)
 
-    def _tables(self, keep: pa.ChunkedArray) -> Iterator[pa.Table]:
+    def _tables(self, keep: pa.ChunkedArray | None) -> Iterator[pa.Table]:
         offset = 0
         for part in self._parts:
             with pa.OSFile(str(part)) as source:
                 table = pa.ipc.open_file(source).read_all()
-            yield table.filter(keep.slice(offset, table.num_rows))
+            yield table if keep is None else table.filter(keep.slice(offset, table.num_rows))
             offset += table.num_rows
 
     def remove(self) -> None:
@@ -128,7 +130,6 @@ class SpilledJournal:
 
 def merge_into_output(output: Path, new: SpilledJournal) -> None:
     """Write old rows (minus the ids in `new`) and then `new`'s newest rows to a temporary file, and rename it over the output."""
-    import pyarrow.compute as pc  # only when an output is read: not at start-up (~40 ms)
     try:
         old = pq.ParquetFile(output) if output.exists() else None
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
@@ -139,6 +140,7 @@ def merge_into_output(output: Path, new: SpilledJournal) -> None:
     try:
         with pq.ParquetWriter(temporary, schema, compression="zstd") as parquet:
             if old is not None:
+                import pyarrow.compute as pc  # only when there are old rows to filter (~45 ms to import)
                 for batch in old.iter_batches(batch_size=65_536):
                     kept = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=replaced)))
                     if kept.num_rows:

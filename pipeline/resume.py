@@ -78,7 +78,8 @@ class ResumeIndex:
         journal = journal_path(output)
         if journal.exists():
             rows = [tuple(r.get(name) for name in INDEX_COLUMNS) for r in read_journal(journal)]
-            index._add_batch(pa.table({name: [r[i] for r in rows] for i, name in enumerate(INDEX_COLUMNS)}, schema=_INDEX_SCHEMA))
+            if rows:  # this run's own journal is there, empty, when the writer opened before the index is read
+                index._add_batch(pa.table({name: [r[i] for r in rows] for i, name in enumerate(INDEX_COLUMNS)}, schema=_INDEX_SCHEMA))
         return index
 
     def _add_batch(self, table: pa.Table) -> None:

@@ -23,3 +23,4 @@ def test_a_cron_run_without_retries_never_imports_tqdm_or_tenacity(simulator, tm
     assert result.returncode == 0, result.stderr
     loaded = eval(result.stdout.strip().splitlines()[-1])
     assert "tqdm" not in loaded and "tenacity" not in loaded and "pipeline.dryrun" not in loaded  # stderr is not a terminal
+    assert "pyarrow.compute" not in loaded  # a first run into a new output has no old rows to filter (~45 ms to import)
