@@ -16,8 +16,9 @@ def test_importing_the_job_loads_no_bar_no_retry_library_and_no_dry_run():
 def test_a_cron_run_without_retries_never_imports_tqdm_or_tenacity(simulator, tmp_path):
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
     (tmp_path / "m.txt").write_text("a.png\n")
-    code = ("import sys; from pipeline.cli import main; "
-            f"code = main(['caption', {str(tmp_path / 'm.txt')!r}, '-o', {str(tmp_path / 'o.parquet')!r}, '--base-url', {simulator.base_url!r}]); "
+    # As the `pipeline` command runs it (pipeline.__main__.run: pandas kept out, as pyarrow would import it).
+    code = (f"import sys; sys.argv = ['pipeline', 'caption', {str(tmp_path / 'm.txt')!r}, '-o', {str(tmp_path / 'o.parquet')!r}, "
+            f"'--base-url', {simulator.base_url!r}]; from pipeline.__main__ import run; code = run(); "
             + LOADED.replace("import sys; ", ""))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"ANYFAST_API_KEY": "sk-startup-0123456789", "PATH": ""})
     assert result.returncode == 0, result.stderr
