@@ -19,15 +19,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .dataset import new_part_name, parts, record_parts
+from .storage import Storage, location
 from .errors import EXIT_IO, EXIT_LOCKED, EXIT_USAGE, ConfigError, OutputLocked, OutputWriteError, write_error
 from .files import fsync_directory, is_dataset, journal_path, temporary_path
 from .lock import OutputLock
 from .outputs import Output
+from .remote import RemoteDataset, local_output
 from .merge import merge_journal
 
 
-def compact(output: Path, n_parts: int = 1) -> tuple[int, int]:
+def compact(output: Path | str, n_parts: int = 1, store: Storage | None = None) -> tuple[int, int]:
     """(rows, parts before) after rewriting `output` into `n_parts` parts of one row per id."""
+    if isinstance(output, str):
+        return _compact_in_bucket(output, n_parts, store or Storage())
     if not is_dataset(output):
         raise ConfigError(f"{output} is a single Parquet file, which always holds one row per id: nothing to compact")
     with OutputLock(output):
@@ -45,6 +49,30 @@ def compact(output: Path, n_parts: int = 1) -> tuple[int, int]:
             if part not in written:
                 part.unlink(missing_ok=True)
         fsync_directory(output)
+    return rows, len(old)
+
+
+def _compact_in_bucket(url: str, n_parts: int, store: Storage) -> tuple[int, int]:
+    """The same for a dataset in a bucket, under its lease: new parts are written here, put there, then the old ones go."""
+    remote, local = RemoteDataset(url, store), local_output(url)
+    with OutputLock(local):
+        remote.acquire_lease()
+        try:
+            if journal_path(local).exists():
+                merge_journal(local, journal_path(local))
+            remote.publish(local)
+            old = remote.parts()
+            if not old:
+                raise ConfigError(f"{url}: no such dataset output (no run has put a part there yet)")
+            reader = Output(url, store)
+            rows = sum(batch.num_rows for batch in reader.batches(["id"]))
+            _write(local, reader, max(1, -(-rows // n_parts)))
+            remote.publish(local)
+            new = [u for u in remote.parts() if u not in old]
+            remote.record_parts(replacing=old)
+            remote.delete([u for u in old if u not in new])
+        finally:
+            remote.release_lease()
     return rows, len(old)
 
 
@@ -89,7 +117,7 @@ def _write(output: Path, reader: Output, per_part: int) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pipeline compact", description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", type=Path, help="a dataset output (a folder of part files)")
+    parser.add_argument("output", type=location, help="a dataset output (a folder of part files)")
     parser.add_argument("--parts", type=int, default=1, metavar="N", help="how many parts to write (default: 1)")
     args = parser.parse_args(argv)
     if args.parts < 1:

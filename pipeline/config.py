@@ -35,8 +35,8 @@ class JobConfig:
 
     manifest: Path | str | None = _option(None, "CSV, JSONL, Parquet, .txt (one image per line) or a folder of images; "
                                           "a local path or a URL (s3://, gs://, az://, hf://, https://)", flag=None)
-    output: Path | None = _option(None, "Parquet file to write, or a folder: a dataset each run adds part files to "
-                                  "(default: output/<manifest name>.parquet)", short="-o", metavar="PATH")
+    output: Path | str | None = _option(None, "Parquet file to write, or a folder (local or a bucket URL ending in /): a dataset "
+                                        "each run adds part files to (default: output/<manifest name>.parquet)", short="-o", metavar="PATH")
     image_column: str | None = _option(None, "the manifest column that holds the image path or URL, any case "
                                       "(default: the first of image, path, url, image_url, file)", metavar="NAME")
     id_column: str | None = _option(None, "the manifest column that holds each row's id, any case (default: id, else the image value)", metavar="NAME")
@@ -128,7 +128,7 @@ def load_config(
         raise ConfigError("no manifest given: pass MANIFEST (a CSV, JSONL, Parquet, .txt file or a folder) or set `manifest` in the job file")
     if checked.get("output") is None:
         checked["output"] = Path("output") / f"{Path(checked['manifest']).stem or 'captions'}.parquet"
-    elif checked["output"].suffix.lower() not in (".parquet", "") and not checked["output"].is_dir():
+    elif isinstance(checked["output"], Path) and checked["output"].suffix.lower() not in (".parquet", "") and not checked["output"].is_dir():
         # -o x.csv used to write Parquet into a file named .csv; `pipeline export` is for other formats.
         raise ConfigError(f"--output must name a .parquet file or a folder (a dataset of part files), got {str(checked['output'])!r} "
                           f"(try {str(checked['output'].with_suffix('.parquet'))!r})")
@@ -249,6 +249,8 @@ def _location(option: str, value: Any) -> Path | str:
     text = str(value)
     if protocol(text) is None:
         return Path(text).expanduser()
-    if option != "manifest":
-        raise ConfigError(f"{option} must be a local path for now, got the URL {text!r} (manifests may be URLs)")
+    if option == "output" and text.rstrip("/").lower().endswith(".parquet"):
+        raise ConfigError(f"an output in a bucket is a dataset folder of part files: end it with / (got {text!r})")
+    if option not in ("manifest", "output"):
+        raise ConfigError(f"{option} must be a local path, got the URL {text!r}")
     return text

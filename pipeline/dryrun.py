@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pathlib import Path
 
 from .config import JobConfig
 from .cost import load_price, unpriced_note
@@ -30,7 +31,7 @@ SAMPLED_ANSWERS = 100_000  # earlier answers read to ground the cost range (the 
 def _answer_lengths(config: JobConfig) -> tuple[int, int, str]:
     """The answer lengths to price: those of this output's earlier answers from the same model when there are any
     (10th to 90th percentile), else a quarter of --max-tokens to all of it."""
-    if config.output is not None and (config.output.exists() or journal_path(config.output).exists()):
+    if isinstance(config.output, Path) and (config.output.exists() or journal_path(config.output).exists()):
         lengths = []
         try:
             for batch in Output(config.output).batches(["status", "model", "completion_tokens"]):

@@ -16,6 +16,7 @@ from typing import IO, Iterator
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .storage import location
 from .errors import EXIT_IO, EXIT_USAGE, ConfigError
 from .files import temporary_path
 from .outputs import Output
@@ -77,7 +78,7 @@ def _destination(path: Path | None) -> Iterator[IO[bytes]]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pipeline export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", type=Path, help="the output a caption run wrote (.parquet)")
+    parser.add_argument("output", type=location, help="the output a caption run wrote (.parquet)")
     parser.add_argument("--format", choices=("csv", "jsonl"), required=True, help="csv (nested columns as JSON text) or jsonl")
     parser.add_argument("-o", "--to", type=Path, metavar="FILE", help="write here instead of standard output")
     parser.add_argument("--columns", metavar="A,B", help="only these columns, e.g. id,caption")

@@ -15,18 +15,22 @@ import pyarrow.parquet as pq
 from .errors import ConfigError
 from .dataset import stored_files
 from .files import journal_path, not_our_output
+from .remote import RemoteDataset, local_output
+from .storage import Storage
 from .merge import conform, read_journal, rows_to_table, unified_schema
 
 BATCH_ROWS = 65_536
 
 
 class Output:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | str, store: Storage | None = None):
+        """`path`: an output file or dataset folder, or a bucket dataset's URL (its parts, and this machine's journal)."""
         self.path = path
-        journal = journal_path(path)
+        remote = RemoteDataset(path, store or Storage()) if isinstance(path, str) else None
+        journal = journal_path(local_output(path))
         self.journal = rows_to_table(list(read_journal(journal))) if journal.exists() else None
-        self._paths = stored_files(path)  # the file, or a dataset's parts oldest first
-        self._files = [_open(p) for p in self._paths]
+        self._paths = remote.parts() if remote else stored_files(path)  # the file, or a dataset's parts oldest first
+        self._files = [remote.open(p) if remote else _open(p) for p in self._paths]
         if not self._files and self.journal is None:
             raise ConfigError(f"{path}: no such output (no run has written it yet)")
         schema = None

@@ -25,6 +25,7 @@ from .options import ALWAYS, IF_CHANGED, declared
 from .hashedset import HashedSet
 from .dataset import stored_files
 from .files import journal_path, not_our_output
+from .remote import RemoteDataset
 from .storage import ObjectStat, Storage, is_object_url, local_stat
 from .merge import read_journal
 
@@ -63,10 +64,13 @@ class ResumeIndex:
         self.rows_in_output = 0
 
     @classmethod
-    def load(cls, output: Path, *, retry_errors: bool = True, store: Storage | None = None) -> "ResumeIndex":
-        """Index the output and any journal a killed run left beside it (read only); `store` stats objects in buckets."""
-        paths = stored_files(output)  # the output file, or a dataset's parts oldest first
-        files = [_open_output(path) for path in paths]
+    def load(cls, output: Path, *, retry_errors: bool = True, store: Storage | None = None,
+             remote: "RemoteDataset | None" = None) -> "ResumeIndex":
+        """Index the output and any journal a killed run left beside it (read only); `store` stats objects in buckets.
+
+        `remote`: a bucket dataset whose parts are read too (`output` is then its staging folder)."""
+        paths = (remote.parts() if remote is not None else []) + stored_files(output)  # oldest first
+        files = [remote.open(path) if isinstance(path, str) else _open_output(path) for path in paths]
         index = cls(retry_errors, expected=sum(f.metadata.num_rows for f in files), store=store)
         for path, parquet in zip(paths, files):
             try:

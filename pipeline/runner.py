@@ -24,7 +24,6 @@ from .errors import ConfigError, ManifestError, OutputWriteError, RunAborted, ex
 from .fetch import make_fetch_session
 from .images import ImageLoader
 from .job import CaptionJob
-from .lock import OutputLock
 from . import plan
 from .manifest import Manifest, open_manifest
 from .plan import IsDone
@@ -34,8 +33,10 @@ from .providers import accepted_image_formats
 from .ratelimit import RateLimiter
 from .records import ManifestRow
 from .resume import ResumeIndex, fingerprinter
+from .remote import local_output
 from .runlog import append_run_record
 from .storage import Storage
+from .target import Target
 from .summary import RunSummary, run_record, summarize_run
 from .writer import ResultWriter
 
@@ -56,7 +57,7 @@ async def run_job_async(config: JobConfig) -> RunSummary:
         # Every run gets its line in the run record, however it ends: cron alerts read it.
         record = run_record(config, None, started_at, exit_code=exit_code_for(e), error=f"{type(e).__name__}: {e}")
         # Where the output cannot be written, the record cannot either; the error already says so.
-        append_run_record(config.output, record, required=False, quiet=isinstance(e, OutputWriteError))
+        append_run_record(local_output(config.output), record, required=False, quiet=isinstance(e, OutputWriteError))
         raise
 
 
@@ -72,12 +73,15 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
         raise ConfigError(f"--max-cost needs a price for {config.model}: add it to a copy of {config.prices} and pass --prices")
     stop = StopRequest()
     aborted = None
-    with OutputLock(config.output):
-        writer = ResultWriter(config.output).open()
+    target = Target(config.output, store)
+    async with target.held():
+        writer = ResultWriter(target.local).open()
+        target.publish()  # what a killed run left, recovered by open()
         progress = _progress(config, manifest, price)
         planning = None
         try:
-            index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors, store=store)
+            index = ResumeIndex() if config.redo else ResumeIndex.load(target.local, retry_errors=config.retry_errors,
+                                                                         store=store, remote=target.remote)
             is_done = _is_done(config, index)
             rows = _rows_to_do(config, manifest, is_done, progress.counters)
             planning = await plan.start(config, manifest, is_done, progress, index.rows_in_output, rows)
@@ -104,8 +108,9 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
                 planning.stop()
             progress.close()
             writer.close()
+            target.publish()
         summary = summarize_run(config, manifest, progress, aborted=aborted, stopped_by=stop.reason, budget=job.budget_note())
-        append_run_record(config.output, run_record(config, summary, started_at))
+        target.record(run_record(config, summary, started_at))
     return summary
 
 
@@ -114,7 +119,9 @@ async def _dry_run(config: JobConfig) -> RunSummary:
 
     with Storage(config.storage, threads=config.concurrency) as store:
         manifest = open_manifest(config.manifest, config.image_column, config.id_column, store)
-        index = ResumeIndex() if config.redo else ResumeIndex.load(config.output, retry_errors=config.retry_errors, store=store)
+        target = Target(config.output, store)
+        index = ResumeIndex() if config.redo else ResumeIndex.load(target.local, retry_errors=config.retry_errors,
+                                                                     store=store, remote=target.remote)
         progress = _progress(config, manifest, load_price(config.prices, config.model))
         rows = _rows_to_do(config, manifest, _is_done(config, index), progress.counters)
         async with _image_loader(config, store) as images:

@@ -14,6 +14,8 @@ from typing import Any
 import pyarrow.compute as pc
 
 from .cost import show_cost, unpriced_note
+from .remote import RemoteDataset
+from .storage import Storage, location
 from .errors import EXIT_USAGE, ConfigError, ManifestError
 from .files import journal_path, runs_path
 from .hashedset import HashedSet
@@ -45,7 +47,7 @@ class Status:
 
 
 def output_status(output: Path, manifest: Path | None = None, columns: tuple[str | None, str | None] = (None, None)) -> Status:
-    out = Output(output) if output.exists() or _has_journal(output) else None
+    out = Output(output) if isinstance(output, str) or output.exists() or _has_journal(output) else None
     status = Status(str(output), last_runs=_last_runs(output))
     if out is None and not status.last_runs:
         raise ConfigError(f"{output}: no such output, and no run record beside it (no run has written it yet)")
@@ -107,13 +109,15 @@ def _against_manifest(status: Status, m: Manifest, ok_ids: HashedSet, failed_ids
             status.left_failed += row.id in failed_ids
 
 
-def _last_runs(output: Path) -> list[dict[str, Any]]:
-    path = runs_path(output)
-    if not path.exists():
-        return []
+def _last_runs(output: Path | str) -> list[dict[str, Any]]:
+    if isinstance(output, str):  # a bucket dataset: its _runs.jsonl, every machine's runs
+        text = RemoteDataset(output, Storage()).read_runs()
+    else:
+        path = runs_path(output)
+        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
     keep = ("options", "started_at", "ended_at", "exit_code", "rows", "ok", "error", "skipped", "cost_usd", "seconds", "stopped_by", "aborted", "error_types", "left")
     runs = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[-LAST_RUNS:]:
+    for line in text.splitlines()[-LAST_RUNS:]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -160,7 +164,7 @@ def _run_line(r: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pipeline status", description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", type=Path, help="the output a caption run wrote (.parquet)")
+    parser.add_argument("output", type=location, help="the output a caption run wrote (.parquet)")
     parser.add_argument("manifest", nargs="?", type=Path, help="the manifest, to count the rows left")
     parser.add_argument("--image-column", metavar="NAME", help="as for caption (default: what the last run used)")
     parser.add_argument("--id-column", metavar="NAME", help="as for caption (default: what the last run used)")

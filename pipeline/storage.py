@@ -15,6 +15,7 @@ import os
 import posixpath
 import re
 from collections import OrderedDict
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Mapping, NamedTuple
 
@@ -41,6 +42,11 @@ def protocol(location: str) -> str | None:
     if match is None or match[1].lower() == "file":
         return None
     return match[1].lower()
+
+
+def location(text: str) -> "Path | str":
+    """A command-line path: a URL stays text (Path would fold its //), anything else is a Path."""
+    return text if protocol(text) else Path(text)
 
 
 def is_object_url(location: str) -> bool:

@@ -20,7 +20,7 @@ from .progress import Counters, Progress
 
 @dataclass(frozen=True)
 class RunSummary:
-    output: Path | None
+    output: Path | str | None
     rows: int
     ok: int
     error: int
@@ -61,7 +61,8 @@ class RunSummary:
             return (f"dry run in {self.seconds:.1f} s, nothing was sent: would send {self.ok} requests{fail}, "
                     f"{self.skipped} already done" + "".join(f"\n  {step}" for step in self.next_steps()))
         what = "dry run" if self.dry_run else "aborted" if self.aborted else f"stopped by {self.stopped_by}" if self.stopped_by else "done"
-        where = f" -> {self.output}" if self.output and self.output.exists() and not self.dry_run else ""
+        written = isinstance(self.output, str) or (self.output is not None and self.output.exists())  # a bucket: put by now
+        where = f" -> {self.output}" if self.output and written and not self.dry_run else ""
         skipped = f", {self.skipped} already done" if self.skipped else ""
         dup = f", {self.duplicates} duplicate ids skipped" if self.duplicates else ""
         dup += f", {self.skipped_files} files that are not images skipped" if self.skipped_files else ""

@@ -48,6 +48,8 @@ def s3(endpoint, monkeypatch, tmp_path):
     if fs.exists(BUCKET):
         fs.rm(BUCKET, recursive=True)
     fs.mkdir(BUCKET)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)  # for the commands that take no job file (status, compact)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where a bucket output's staging folder goes
     job = tmp_path / "job.toml"
     job.write_text(f'[storage.s3]\nendpoint_url = "{endpoint}"\nsecret = "{SECRET}"\nkey = "testing"\n')
     return fs, job
@@ -141,7 +143,7 @@ def test_a_bad_bucket_url_or_a_missing_package_is_one_clear_message(s3, tmp_path
     except ImportError:
         with pytest.raises(ManifestError, match=r"needs gcsfs: pip install gcsfs \(or pip install 'pipeline\[gcs\]'\)"):
             open_manifest("gs://bucket/m.csv", store=Storage())
-    with pytest.raises(ConfigError, match="output must be a local path for now"):
+    with pytest.raises(ConfigError, match="an output in a bucket is a dataset folder of part files: end it with /"):
         load_config({"manifest": "m.csv", "output": "s3://b/o.parquet", "dry_run": True}, environ={})
 
 
@@ -153,3 +155,94 @@ def _cli(manifest, out, base_url, job):
     done = subprocess.run([sys.executable, "-m", "pipeline", "caption", manifest, "-o", str(out), "--base-url", base_url,
                            "--job", str(job), "--log-format", "json"], capture_output=True, text=True, env=env, timeout=120)
     return done.returncode, done.stderr
+
+
+# --- a dataset output in the bucket -------------------------------------------------------------
+
+
+def _local_manifest(folder, start, n):
+    folder.mkdir(exist_ok=True)
+    manifest = folder / "m.csv"
+    lines = [] if manifest.exists() else ["id,image"]
+    for i in range(start, start + n):
+        (folder / f"{i}.png").write_bytes(_png(i))
+        lines.append(f"r{i},{i}.png")
+    with manifest.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+    return manifest
+
+
+def _run(manifest, out, simulator, job, **flags):
+    from pipeline.runner import run_job
+    return run_job(load_config({"manifest": manifest, "output": out, "base_url": simulator.base_url, **flags},
+                               environ={"ANYFAST_API_KEY": "sk-x"}, job_file=job))
+
+
+def test_a_dataset_output_in_a_bucket_grows_by_whole_parts_resumes_and_compacts(s3, simulator, tmp_path):
+    from pipeline.compact import compact
+    from pipeline.remote import local_output
+    from pipeline.status import output_status
+    fs, job = s3
+    out = f"s3://{BUCKET}/out/"
+    manifest = _local_manifest(tmp_path / "imgs", 0, 5)
+    assert _run(manifest, out, simulator, job).ok == 5
+    [first] = [p for p in fs.ls(f"{BUCKET}/out", refresh=True) if p.rsplit("/", 1)[-1].startswith("part-")]
+    etag = fs.info(first)["ETag"]
+    _local_manifest(tmp_path / "imgs", 5, 3)  # the manifest grows
+    assert _run(manifest, out, simulator, job).ok == 3 and simulator.stats()["requests"] == 8
+    listed = json.loads(fs.cat_file(f"{BUCKET}/out/_parts.json"))
+    assert [p["rows"] for p in listed["parts"]] == [5, 3] and fs.info(first)["ETag"] == etag  # never rewritten
+    assert not fs.exists(f"{BUCKET}/out/_lease.json") and len(fs.cat_file(f"{BUCKET}/out/_runs.jsonl").splitlines()) == 2
+    assert not list(local_output(out).glob("part-*"))  # every part was put, none is left behind here
+
+    simulator.reset()
+    assert _run(manifest, out, simulator, job).skipped == 8 and simulator.stats()["requests"] == 0
+    status = output_status(out)
+    assert (status.rows, status.ok, len(status.last_runs)) == (8, 8, 3)
+
+    rows, before = compact(out)
+    assert (rows, before) == (8, 2)
+    import pandas
+    table = pandas.read_parquet(out, storage_options={"endpoint_url": fs.client_kwargs.get("endpoint_url") or fs.endpoint_url})
+    assert sorted(table["id"]) == sorted(f"r{i}" for i in range(8))
+
+
+def test_a_live_lease_refuses_a_second_writer_and_a_dead_one_is_taken_over(s3, simulator, tmp_path):
+    import time
+    fs, job = s3
+    manifest = _local_manifest(tmp_path / "imgs", 0, 2)
+    out = f"s3://{BUCKET}/leased/"
+    fs.pipe(f"{BUCKET}/leased/_lease.json", json.dumps({"token": "t", "host": "other-box", "pid": 7, "expires_at": time.time() + 300}).encode())
+    code, stderr = _cli(str(manifest), out, simulator.base_url, job)
+    assert code == 75 and "another run holds s3://photos/leased/_lease.json (pid 7 on other-box" in stderr
+    assert simulator.stats()["requests"] == 0
+    fs.pipe(f"{BUCKET}/leased/_lease.json", json.dumps({"token": "t", "host": "other-box", "pid": 7, "expires_at": time.time() - 1}).encode())
+    assert _run(manifest, out, simulator, job).ok == 2  # its holder stopped renewing it: taken over
+    assert not fs.exists(f"{BUCKET}/leased/_lease.json")
+
+
+def test_kill_9_with_a_bucket_output_then_a_rerun_puts_what_was_journaled_and_finishes(s3, simulator, tmp_path):
+    import time
+    from pipeline.compact import compact
+    from pipeline.remote import local_output
+    from test_durability import run as run_cli, start
+    fs, job = s3
+    simulator.configure(latency=0.1, jitter=0.05)
+    manifest = _local_manifest(tmp_path / "imgs", 0, 30)
+    out = f"s3://{BUCKET}/killed/"
+    journal = local_output(out) / "_journal.jsonl"
+    process = start(manifest, out, simulator.base_url, "--concurrency", 4, "--job", job)
+    deadline = time.monotonic() + 30
+    while not (journal.exists() and journal.read_text().count("\n") >= 5) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert journal.read_text().count("\n") >= 5 and not fs.exists(f"{BUCKET}/killed/_parts.json")  # nothing was put yet
+    fs.rm_file(f"{BUCKET}/killed/_lease.json")  # a killed run's lease would expire in 5 minutes; the test does not wait
+    code, stderr = run_cli(manifest, out, simulator.base_url, "--concurrency", 4, "--job", job)
+    assert code == 0, stderr
+    assert max(c["ok"] for c in simulator.stats()["images"].values()) <= 2
+    assert compact(out)[0] == 30
+    [part] = [p for p in fs.ls(f"{BUCKET}/killed", refresh=True) if p.rsplit("/", 1)[-1].startswith("part-")]
+    rows = pq.read_table(fs.open(part, "rb")).to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(f"r{i}" for i in range(30)) and all(r["status"] == "ok" for r in rows)

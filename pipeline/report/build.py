@@ -107,6 +107,10 @@ def default_html_path(output: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline report ...`; argv is what follows `report`."""
     args = build_parser().parse_args(argv)
+    if "://" in str(argv[0] if argv else ""):
+        print("error: the review page is made from a local output; for one in a bucket, compact it and copy its part here "
+              "(or use `pipeline status URL` and `pipeline export URL`)", file=sys.stderr)
+        return EXIT_USAGE
     html_path = args.html or default_html_path(args.output)
     try:
         stats = write_report(args.output, html_path, thumb_px=args.thumb_px, max_thumb_bytes=args.max_thumb_bytes,
