@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,18 +72,22 @@ class ResumeIndex:
         paths = (remote.parts() if remote is not None else []) + stored_files(output)  # oldest first
         files = [remote.open(path) if isinstance(path, str) else _open_output(path) for path in paths]
         index = cls(retry_errors, expected=sum(f.metadata.num_rows for f in files), store=store)
-        for path, parquet in zip(paths, files):
-            try:
-                columns = [c for c in INDEX_COLUMNS if c in parquet.schema_arrow.names]
-                for batch in parquet.iter_batches(batch_size=65_536, columns=columns):
-                    index._add_batch(pa.Table.from_batches([batch]))
-            except (OSError, ValueError, KeyError) as e:
-                raise not_our_output(path, e) from None
         journal = journal_path(output)
-        if journal.exists():
-            rows = [tuple(r.get(name) for name in INDEX_COLUMNS) for r in read_journal(journal)]
-            if rows:  # this run's own journal is there, empty, when the writer opened before the index is read
-                index._add_batch(pa.table({name: [r[i] for r in rows] for i, name in enumerate(INDEX_COLUMNS)}, schema=_INDEX_SCHEMA))
+        rows = [tuple(r.get(name) for name in INDEX_COLUMNS) for r in read_journal(journal)] if journal.exists() else []
+        # (this run's own journal is there, empty, when the writer opened before the index is read)
+        sources: list[tuple[object, Callable[[], Iterator[pa.Table]]]] = [(path, partial(_tables, parquet)) for path, parquet in zip(paths, files)]
+        if rows:  # newest line last; read newest first below, when it matters
+            ordered = rows[::-1] if paths else rows
+            sources.append((journal, lambda: iter([pa.table({name: [r[i] for r in ordered] for i, name in enumerate(INDEX_COLUMNS)},
+                                                            schema=_INDEX_SCHEMA)])))
+        # Several sources (a dataset's parts, a killed run's journal): only each id's newest row counts, as on reading.
+        newest = _newest_first() if len(sources) > 1 else None
+        for where, tables in (reversed(sources) if newest else sources):
+            try:
+                for table in tables():
+                    index._add_batch(newest(table) if newest else table)
+            except (OSError, ValueError, KeyError) as e:
+                raise not_our_output(where, e) from None
         return index
 
     def _add_batch(self, table: pa.Table) -> None:
@@ -131,3 +135,18 @@ def _open_output(output: Path) -> pq.ParquetFile:
     except (OSError, ValueError, KeyError) as e:
         raise not_our_output(output, e) from None
 
+
+def _tables(parquet: pq.ParquetFile) -> Iterator[pa.Table]:
+    columns = [c for c in INDEX_COLUMNS if c in parquet.schema_arrow.names]
+    for batch in parquet.iter_batches(batch_size=65_536, columns=columns):
+        yield pa.Table.from_batches([batch])
+
+
+def _newest_first() -> Callable[[pa.Table], pa.Table]:
+    """Fed tables newest first, keeps the rows whose id no newer table had (a Python pass: only for several sources)."""
+    seen = HashedSet()
+
+    def keep(table: pa.Table) -> pa.Table:
+        return table.filter(pa.array([row_id is not None and seen.add(row_id) for row_id in table.column("id").to_pylist()], pa.bool_()))
+
+    return keep

@@ -112,3 +112,15 @@ def test_a_replaced_image_is_captioned_again_and_an_untouched_one_is_not(simulat
     rows = {r["id"]: r for r in pq.read_table(config.output).to_pylist()}
     assert "80×20" in rows["a.png"]["caption"] and rows["a.png"]["caption"] != first["a.png"]["caption"]
     assert rows["b.png"]["caption"] == first["b.png"]["caption"]
+
+
+def test_in_a_dataset_only_each_ids_newest_row_counts(tmp_path):
+    """An ok row in an older part and a failed one in a newer part (a --redo that failed): the row is not done."""
+    out = tmp_path / "out"
+    _write(out, [_ok(1, "fp"), _ok(2, "fp"), _err(3, "fp")])
+    _write(out, [_err(1, "fp"), _ok(3, "fp")])
+    index = ResumeIndex.load(out)
+    assert not index.is_done("r1", "fp") and index.is_done("r2", "fp") and index.is_done("r3", "fp")
+    assert index.rows_in_output == 3  # one row per id, as a reader of the dataset sees it
+    journal_path(out).write_text("".join(__import__("json").dumps(r) + "\n" for r in (_ok(1, "fp"), _err(1, "fp"))))
+    assert not ResumeIndex.load(out).is_done("r1", "fp")  # a killed run's journal is newest of all, its last line last
