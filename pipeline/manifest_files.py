@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import pyarrow
 import pyarrow.parquet as pq
@@ -108,35 +108,33 @@ def scan_folder(root: "Path | RemoteFile", examples: int = 5) -> FolderScan:
     """The images under root (hidden files and folders left out), and what else was there."""
     if isinstance(root, RemoteFile):
         return _scan_prefix(root, examples)
-    found, skipped, names = [], 0, []
+    return _sorted_out(_walk(root), examples)
+
+
+def _walk(root: Path) -> Iterator[str]:
     for folder, subfolders, files in os.walk(root, onerror=_folder_error):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         for name in files:
-            if name.startswith("."):
-                continue
-            relative = Path(folder, name).relative_to(root).as_posix()
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(relative)
-            else:
-                skipped += 1
-                if len(names) < examples:
-                    names.append(relative)
-    return FolderScan(sorted(found), skipped, sorted(names))
+            if not name.startswith("."):
+                yield Path(folder, name).relative_to(root).as_posix()
 
 
 def _scan_prefix(root: "RemoteFile", examples: int) -> FolderScan:
     """The same for a folder (prefix) in a bucket: one listing, no download."""
-    found, skipped, names = [], 0, []
     try:
         urls = list(root.store.find(root.url))
     except storage.StorageError as e:
         raise ManifestError(f"cannot list {root}: {e}") from None
     except Exception as e:  # the store's own errors: no credentials, no such bucket, access denied
         raise ManifestError(f"cannot list {root}: {type(e).__name__}: {e}") from None
-    for url in urls:
-        relative = url[len(root.url) :].lstrip("/")
-        if any(part.startswith(".") for part in relative.split("/")):
-            continue
+    relatives = (url[len(root.url) :].lstrip("/") for url in urls)
+    return _sorted_out((r for r in relatives if not any(part.startswith(".") for part in r.split("/"))), examples)
+
+
+def _sorted_out(relatives: Iterable[str], examples: int) -> FolderScan:
+    """Images by extension, and the other files counted, with a few named."""
+    found, skipped, names = [], 0, []
+    for relative in relatives:
         if os.path.splitext(relative)[1].lower() in IMAGE_EXTENSIONS:
             found.append(relative)
         else:

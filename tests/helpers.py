@@ -32,3 +32,11 @@ def caption(manifest, output, base_url, key, *, job=None, **flags):
     summary = run_job(config)
     rows = pq.read_table(config.output).to_pylist() if config.output.exists() else []
     return summary, {r["id"]: r for r in rows}
+
+
+def free_port():
+    """A port nobody listens on now, on 127.0.0.1 (for servers the tests start)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

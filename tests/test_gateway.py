@@ -3,7 +3,6 @@ of the simulator: answers exact, plain and streamed; the server's wait honoured 
 it; a quota, a wrong key and no credits end the run at once."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import caption, image_manifest
+from helpers import caption, free_port, image_manifest
 from pipeline.simulator import SimulatorSettings, serve_in_thread
 
 MASTER_KEY = "sk-litellm-master-0123456789"
 MODEL = "claude-sonnet-4-20250514"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import hashlib
 import io
 import json
-import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,15 +22,9 @@ BUCKET = "photos"
 SECRET = "s3cr3t-never-printed-5150"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoint():
-    port = _free_port()
+    port = helpers.free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
