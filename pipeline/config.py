@@ -76,6 +76,10 @@ class JobConfig:
     stall_timeout: float = _option(60.0, "with --stream, longest silence between chunks", metavar="SECONDS")
     max_tokens_field: str = _option("auto", "which field carries --max-tokens; auto picks max_completion_tokens for OpenAI reasoning models",
                                    choices=("auto", "max_tokens", "max_completion_tokens"))
+    engine: str = _option("local", "where the requests run: this process (local) or a Ray cluster (ray; pip install 'pipeline[ray]')",
+                          choices=("local", "ray"))
+    ray_address: str | None = _option(None, "with --engine ray, the cluster to join (default: RAY_ADDRESS, else a Ray started on this machine)",
+                                      metavar="ADDR")
     extra_body: dict[str, Any] = _option(help="merged into every request body", default_factory=dict, flag=None, fingerprint=IF_CHANGED)
     extra_headers: dict[str, str] = _option(help="sent with every request (not Authorization)", default_factory=dict, flag=None)
     storage: dict[str, dict[str, Any]] = _option(help="fsspec options per protocol, e.g. [storage.s3] endpoint_url (never logged)",
@@ -223,6 +227,8 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("extra_headers may not set Authorization: the key is read from the environment only (--api-key-env)")
     out["extra_headers"] = {str(k): str(v) for k, v in out.get("extra_headers", {}).items()}
     number("max_consecutive_failures", int, 0)
+    if out.get("engine") not in (None, "local", "ray"):
+        raise ConfigError(f"engine must be local or ray, got {out['engine']!r}")
     if out.get("log_format") not in (None, "text", "json"):
         raise ConfigError(f"log-format must be text or json, got {out['log_format']!r}")
     for name in ("base_url", "model", "api_key_env", "prompt", "system"):

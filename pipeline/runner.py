@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Iterable, Iterator
 
 import aiohttp
 
@@ -72,7 +72,7 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
     if config.max_cost is not None and price is None:  # before any file is touched
         raise ConfigError(f"--max-cost needs a price for {config.model}: add it to a copy of {config.prices} and pass --prices")
     stop = StopRequest()
-    aborted = None
+    aborted = budget = None
     target = Target(config.output, store)
     async with target.held():
         writer = ResultWriter(target.local).open()
@@ -85,33 +85,47 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
             is_done = _is_done(config, index)
             rows = _rows_to_do(config, manifest, is_done, progress.counters)
             planning = await plan.start(config, manifest, is_done, progress, index.rows_in_output, rows)
-            limiter = RateLimiter(rpm=config.rpm, tpm=config.tpm)
-            progress.watch(limiter.holding)
-            connector = aiohttp.TCPConnector(limit=config.concurrency)
-            async with aiohttp.ClientSession(connector=connector) as session, _image_loader(config, store) as images:
-                client = ChatClient(
-                    session, config.base_url, config.api_key, config.timeout,
-                    stall_timeout=config.stall_timeout, extra_headers=config.extra_headers,
-                    limiter=limiter, answer_tokens=config.max_tokens,
-                )
-                job = CaptionJob(config, images, client, writer, progress, stop)
-                with signals_to(stop):
-                    try:
-                        await run_pool(planning.rows, job.prepare, config.concurrency, progress, send=job.send, stop=stop, grace=config.grace)
-                    except* RunAborted as group:
-                        aborted = str(group.exceptions[0])
-                        log.error("%s", aborted)
-                    except* (ManifestError, OutputWriteError) as group:  # what finished is still written below
-                        raise group.exceptions[0] from None
+            if config.engine == "ray":
+                from .engine_ray import run_on_ray  # Ray is imported only when it is used
+                aborted = await asyncio.to_thread(run_on_ray, planning.rows, config, writer, progress)
+                if aborted:
+                    log.error("%s", aborted)
+            else:
+                aborted, budget = await _run_local(config, store, planning.rows, writer, progress, stop)
         finally:
             if planning is not None:
                 planning.stop()
             progress.close()
             writer.close()
             target.publish()
-        summary = summarize_run(config, manifest, progress, aborted=aborted, stopped_by=stop.reason, budget=job.budget_note())
+        summary = summarize_run(config, manifest, progress, aborted=aborted, stopped_by=stop.reason, budget=budget)
         target.record(run_record(config, summary, started_at))
     return summary
+
+
+async def _run_local(config: JobConfig, store: Storage, rows: Iterable[ManifestRow], writer: ResultWriter, progress: Progress,
+                     stop: StopRequest) -> tuple[str | None, str | None]:
+    """The local engine: the worker pool over one aiohttp session and rate limiter. (why it aborted, the --max-cost note)"""
+    aborted = None
+    limiter = RateLimiter(rpm=config.rpm, tpm=config.tpm)
+    progress.watch(limiter.holding)
+    connector = aiohttp.TCPConnector(limit=config.concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session, _image_loader(config, store) as images:
+        client = ChatClient(
+            session, config.base_url, config.api_key, config.timeout,
+            stall_timeout=config.stall_timeout, extra_headers=config.extra_headers,
+            limiter=limiter, answer_tokens=config.max_tokens,
+        )
+        job = CaptionJob(config, images, client, writer, progress, stop)
+        with signals_to(stop):
+            try:
+                await run_pool(rows, job.prepare, config.concurrency, progress, send=job.send, stop=stop, grace=config.grace)
+            except* RunAborted as group:
+                aborted = str(group.exceptions[0])
+                log.error("%s", aborted)
+            except* (ManifestError, OutputWriteError) as group:  # what finished is still written below
+                raise group.exceptions[0] from None
+    return aborted, job.budget_note()
 
 
 async def _dry_run(config: JobConfig) -> RunSummary:

@@ -5,7 +5,7 @@ import sys
 
 from PIL import Image
 
-LOADED = "import sys; print(sorted(m for m in ('tqdm', 'tenacity', 'pipeline.dryrun', 'pyarrow.compute') if m in sys.modules))"
+LOADED = "import sys; print(sorted(m for m in ('tqdm', 'tenacity', 'pipeline.dryrun', 'pyarrow.compute', 'ray', 'fsspec') if m in sys.modules))"
 
 
 def test_importing_the_job_loads_no_bar_no_retry_library_and_no_dry_run():
@@ -25,3 +25,4 @@ def test_a_cron_run_without_retries_never_imports_tqdm_or_tenacity(simulator, tm
     loaded = eval(result.stdout.strip().splitlines()[-1])
     assert "tqdm" not in loaded and "tenacity" not in loaded and "pipeline.dryrun" not in loaded  # stderr is not a terminal
     assert "pyarrow.compute" not in loaded  # a first run into a new output has no old rows to filter (~45 ms to import)
+    assert "ray" not in loaded and "fsspec" not in loaded  # the local engine over local files needs neither
