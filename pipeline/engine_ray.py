@@ -141,11 +141,16 @@ def run_on_ray(rows: Iterable[ManifestRow], config: JobConfig, writer: Any, prog
     items = list(manifest_items(rows))
     if not items:
         return None
-    out = caption_json(ray.data.from_items(items), config)
+    # Enough blocks for every actor to have work (from_items makes one block of a short list).
+    blocks = max(1, min(len(items), 4 * _actors(config), math.ceil(len(items) / 8)))
+    out = caption_json(ray.data.from_items(items, override_num_blocks=blocks), config)
     for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
         for text in batch.column("row").to_pylist():
             row = json.loads(text)
             writer.write(row)
+            attempts = row.get("attempts") or 0  # made in an actor: counted here, for the bar and the summary
+            progress.counters.requests += attempts
+            progress.counters.rows_sent += attempts > 0
             progress.record(row)
             if row.get("error_type") in RUN_ENDING:
                 return f"aborted: {row.get('error')}"

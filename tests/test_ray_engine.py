@@ -30,7 +30,7 @@ def test_the_ray_engine_writes_the_rows_the_local_engine_writes(simulator, tmp_p
     simulator.reset()
     summary, ray_rows = helpers.caption(manifest, tmp_path / "ray.parquet", simulator.base_url, "sk-ray-0123456789", engine="ray")
     assert (summary.ok, summary.error) == (local.ok, local.error) == (12, 1)
-    assert simulator.stats()["requests"] == 12
+    assert simulator.stats()["requests"] == 12 == summary.requests  # the actors' attempts reach the summary
     assert {k: {c: r[c] for c in SAME} for k, r in ray_rows.items()} == {k: {c: r[c] for c in SAME} for k, r in local_rows.items()}
     assert ray_rows["bad"]["error_type"] == "not_an_image"
 
@@ -56,3 +56,4 @@ def test_caption_dataset_is_a_ray_transform_with_the_local_columns(simulator, tm
     ds = ray.data.from_items([{"id": f"x{i}", "image": str(p)} for i, p in enumerate(images)])
     rows = caption_dataset(ds, config).take_all()
     assert sorted(r["id"] for r in rows) == ["x0", "x1", "x2", "x3"] and all(r["status"] == "ok" and r["caption"] for r in rows)
+
