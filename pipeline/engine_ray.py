@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 
 from .config import JobConfig
-from .errors import RunAborted
+from .errors import ConfigError, RunAborted
 from .merge import rows_to_table
 from .progress import Progress
 from .records import ManifestRow
@@ -134,8 +134,10 @@ def caption_dataset(ds: Any, config: JobConfig) -> Any:
 def run_on_ray(rows: Iterable[ManifestRow], config: JobConfig, writer: Any, progress: Progress) -> str | None:
     """The driver: the rows left go to Ray, and every row that comes back goes through the run's writer and progress.
     Returns why the run was aborted, if it was (a run-ending error, as the local engine stops on)."""
-    import ray
-
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'pipeline[ray]' (or ray[data])") from None
     if not ray.is_initialized():
         ray.init(address=config.ray_address or None, include_dashboard=False, log_to_driver=False)
     items = list(manifest_items(rows))

@@ -57,3 +57,12 @@ def test_caption_dataset_is_a_ray_transform_with_the_local_columns(simulator, tm
     rows = caption_dataset(ds, config).take_all()
     assert sorted(r["id"] for r in rows) == ["x0", "x1", "x2", "x3"] and all(r["status"] == "ok" and r["caption"] for r in rows)
 
+
+
+def test_without_ray_installed_the_engine_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+    from pipeline.engine_ray import run_on_ray
+    from pipeline.errors import ConfigError
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"--engine ray needs Ray: pip install 'pipeline\[ray\]'"):
+        run_on_ray([], None, None, None)
