@@ -19,6 +19,7 @@ from pipeline.errors import EXIT_USAGE
 from pipeline.files import report_path, write_atomically
 from pipeline.report.data import read_output, summarize
 from pipeline.report.errors import ReportError
+from pipeline.storage import location
 from pipeline.report.render import render_page
 from pipeline.report.thumbs import NOT_EMBEDDED, image_roots, make_thumbnails
 
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "searchable. It opens from disk in any browser, offline.",
         epilog="exit codes: 0 page written; 2 the table cannot be read or the page cannot be written.",
     )
-    p.add_argument("output", metavar="OUTPUT.parquet", type=Path, help="the Parquet file a caption run wrote")
+    p.add_argument("output", metavar="OUTPUT.parquet", type=location, help="the Parquet file a caption run wrote")
     p.add_argument("-o", "--html", type=Path, metavar="PATH", help="page to write (default: OUTPUT.parquet.html beside it)")
     p.add_argument("--images-root", type=Path, metavar="DIR",
                    help="folder relative image paths are relative to: the manifest's folder (default: tried from the "
@@ -107,7 +108,7 @@ def default_html_path(output: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline report ...`; argv is what follows `report`."""
     args = build_parser().parse_args(argv)
-    if "://" in str(argv[0] if argv else ""):
+    if isinstance(args.output, str):  # a URL (storage.location keeps it as text)
         print("error: the review page is made from a local output; for one in a bucket, compact it and copy its part here "
               "(or use `pipeline status URL` and `pipeline export URL`)", file=sys.stderr)
         return EXIT_USAGE
