@@ -4,7 +4,8 @@
 
 Scenarios (see scenarios.py): a latency-bound, b overhead-bound (against bench/floor.py),
 c rate-limited, d memory, e resume, f the yardstick (the job and the floor against
-bench/cheap_server.py, which costs far less per request than any client: yardstick.py). Each runs the real CLI in a subprocess against
+bench/cheap_server.py, which costs far less per request than any client: yardstick.py),
+g a dataset output that grows (append.py), h the Ray engine against the local one (engines.py). Each runs the real CLI in a subprocess against
 `python -m pipeline simulate` in another, 3 times (once with --quick, which also uses
 smaller inputs), and ends in one table of medians, baselines, ratios and targets, also
 written as JSON. Inputs are generated once into bench/.cache/. The client runs on the
@@ -33,9 +34,11 @@ from procs import REPO, cores, stop_all  # noqa: E402
 from scenarios import CPU_BOUND, SCENARIOS, BenchError, Context, Result  # noqa: E402
 from yardstick import yardstick  # noqa: E402
 from append import append  # noqa: E402
+from engines import engines  # noqa: E402
 
 SCENARIOS["f"] = yardstick  # against bench/cheap_server.py: a yardstick not tuned to the job
 SCENARIOS["g"] = append  # a dataset output that grows (issue 14)
+SCENARIOS["h"] = engines  # the Ray engine against the local one (issue 15)
 CPU_BOUND.update({"f", "g"})
 
 RESULTS = REPO / "bench" / "results"

@@ -46,6 +46,13 @@ def worst_case_cost(price: Price | None, tokens: int, max_tokens: int) -> float:
     return price.cost(tokens - max_tokens, max_tokens) if price else 0.0
 
 
+def budget_note(cap: float, spent: float, in_flight: float, refused: float, max_tokens: int) -> str:
+    """Why --max-cost stopped a run: the cap, what was spent (and is in flight), and what the next request could cost."""
+    flight = f", ${in_flight:.4f} in flight" if in_flight > 1e-12 else ""
+    return (f"--max-cost ${cap:g}: ${spent:.4f} spent{flight}; "
+            f"the next request could cost up to ${refused:.4f} (input plus all of --max-tokens {max_tokens})")
+
+
 def load_price(path: Path | None, model: str) -> Price | None:
     """The model's price from the prices file, or None (no file, or the model is not in it: costs stay unknown)."""
     if path is None or not path.exists():

@@ -10,7 +10,7 @@ from typing import Any
 
 from .client import ChatClient
 from .config import JobConfig
-from .cost import Budget, load_price, row_cost, worst_case_cost
+from .cost import Budget, budget_note, load_price, row_cost, worst_case_cost
 from .errors import AnswerError, APIError, ImageError, ManifestRowError, PipelineError
 from .estimate import estimate_request_tokens
 from .failures import FailureWatch
@@ -58,9 +58,7 @@ class CaptionJob:
         """At --max-cost: the cap, what was spent (and is in flight), and what the next request could cost."""
         if self.refused is None:
             return None
-        flight = f", ${self.budget.reserved:.4f} in flight" if self.budget.reserved > 1e-12 else ""
-        return (f"--max-cost ${self.config.max_cost:g}: ${self.budget.spent:.4f} spent{flight}; "
-                f"the next request could cost up to ${self.refused:.4f} (input plus all of --max-tokens {self.config.max_tokens})")
+        return budget_note(self.config.max_cost, self.budget.spent, self.budget.reserved, self.refused, self.config.max_tokens)
 
     async def prepare(self, row: ManifestRow) -> ReadyRequest | None:
         """Load the row's image and build its request; a row that fails here is finished (None)."""

@@ -21,7 +21,8 @@ class JSONFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "message": record.getMessage(),
         }
-        event.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        # Underscored attributes are other libraries' (Ray's log record factory adds _ray_timestamp_ns).
+        event.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
         return _redact.mask(json.dumps(event, ensure_ascii=False, default=str))  # the extra fields too
 
 

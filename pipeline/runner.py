@@ -87,9 +87,8 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
             planning = await plan.start(config, manifest, is_done, progress, index.rows_in_output, rows)
             if config.engine == "ray":
                 from .engine_ray import run_on_ray  # Ray is imported only when it is used
-                aborted = await asyncio.to_thread(run_on_ray, planning.rows, config, writer, progress)
-                if aborted:
-                    log.error("%s", aborted)
+                with signals_to(stop):
+                    aborted, budget = await asyncio.to_thread(run_on_ray, planning.rows, config, writer, progress, stop)
             else:
                 aborted, budget = await _run_local(config, store, planning.rows, writer, progress, stop)
         finally:
