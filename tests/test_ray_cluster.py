@@ -5,6 +5,7 @@ every answer comes from the second node. Then the driver is killed mid-run and a
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -86,3 +87,22 @@ def test_a_killed_driver_on_a_two_node_cluster_then_a_rerun_gives_one_row_per_id
     rows = pads.dataset(out, format="parquet").to_table().to_pylist()
     assert sorted(r["id"] for r in rows) == sorted(f"r{i}" for i in range(40)) and all(r["status"] == "ok" for r in rows)
     assert max(c["requests"] for c in simulator.stats()["images"].values()) <= 2  # no id answered more than twice
+
+
+def test_sigterm_stops_every_actor_taking_rows_and_keeps_what_was_answered(simulator, tmp_path, two_nodes):
+    simulator.configure(latency=0.3)
+    manifest = make_manifest(tmp_path, 60)
+    out = tmp_path / "captions"
+    driver = _start(manifest, out, simulator.base_url, two_nodes)
+    deadline = time.monotonic() + 120
+    while _journaled(out) < 4:
+        assert driver.poll() is None, driver.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the run never journaled a row"
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 143, stderr[-2000:]
+    summary = json.loads([line for line in stderr.splitlines() if '"summary"' in line][-1])["summary"]
+    rows = pads.dataset(out, format="parquet").to_table().to_pylist()
+    assert summary["stopped_by"] == "SIGTERM" and 4 <= len(rows) < 60
+    assert len(rows) == simulator.stats()["requests"]  # every answer paid for was written
