@@ -58,9 +58,13 @@ def _start(manifest, out, base_url, address, *args):
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _journaled(out):
-    journal = journal_path(out)
-    return journal.read_text().count("\n") if journal.exists() else 0
+def _wait_for_rows(driver, out, n, timeout=120):
+    """Until the running driver has journaled n rows."""
+    journal, deadline = journal_path(out), time.monotonic() + timeout
+    while not (journal.exists() and journal.read_text().count("\n") >= n):
+        assert driver.poll() is None, driver.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, f"the run never journaled {n} rows"
+        time.sleep(0.1)
 
 
 def test_a_killed_driver_on_a_two_node_cluster_then_a_rerun_gives_one_row_per_id(simulator, tmp_path, two_nodes):
@@ -68,11 +72,7 @@ def test_a_killed_driver_on_a_two_node_cluster_then_a_rerun_gives_one_row_per_id
     manifest = make_manifest(tmp_path, 40)
     out = tmp_path / "captions"  # a dataset output: each run adds a part
     driver = _start(manifest, out, simulator.base_url, two_nodes)
-    deadline = time.monotonic() + 120
-    while _journaled(out) < 6:
-        assert driver.poll() is None, driver.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "the first run never journaled a row"
-        time.sleep(0.1)
+    _wait_for_rows(driver, out, 6)
     driver.kill()  # kill -9: the driver's journal is all that is left of its rows
     driver.wait()
 
@@ -94,11 +94,7 @@ def test_sigterm_stops_every_actor_taking_rows_and_keeps_what_was_answered(simul
     manifest = make_manifest(tmp_path, 60)
     out = tmp_path / "captions"
     driver = _start(manifest, out, simulator.base_url, two_nodes)
-    deadline = time.monotonic() + 120
-    while _journaled(out) < 4:
-        assert driver.poll() is None, driver.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "the run never journaled a row"
-        time.sleep(0.1)
+    _wait_for_rows(driver, out, 4)
     driver.send_signal(signal.SIGTERM)
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 143, stderr[-2000:]
