@@ -80,6 +80,15 @@ class JobConfig:
                           choices=("local", "ray"))
     ray_address: str | None = _option(None, "with --engine ray, the cluster to join (default: RAY_ADDRESS, else a Ray started on this machine)",
                                       metavar="ADDR")
+    batch: bool = _option(False, "send the rows left as provider batch jobs, at the batch price (about half), answered within "
+                          "24 h; rows are written as each batch is collected", show_default=False)
+    batch_api: str = _option("openai", "with --batch: OpenAI-compatible Files + Batches at --base-url, or Anthropic Message "
+                             "Batches (--base-url https://api.anthropic.com/v1, key sent as x-api-key)", choices=("openai", "anthropic"))
+    batch_wait: bool = _option(True, "with --batch, submit and exit 0 instead of waiting; any later run collects what finished",
+                               flag="--no-wait", show_default=False)
+    batch_max_requests: int = _option(50_000, "most requests in one batch (OpenAI takes 50,000; Anthropic 100,000)", metavar="N")
+    batch_max_bytes: int = _option(200_000_000, "largest batch file (OpenAI takes 200 MB; Anthropic 256 MB)", metavar="BYTES")
+    batch_poll: float = _option(30.0, "with --batch, how often the batches in progress are checked", metavar="SECONDS")
     extra_body: dict[str, Any] = _option(help="merged into every request body", default_factory=dict, flag=None, fingerprint=IF_CHANGED)
     extra_headers: dict[str, str] = _option(help="sent with every request (not Authorization)", default_factory=dict, flag=None)
     storage: dict[str, dict[str, Any]] = _option(help="fsspec options per protocol, e.g. [storage.s3] endpoint_url (never logged)",
@@ -227,6 +236,13 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("extra_headers may not set Authorization: the key is read from the environment only (--api-key-env)")
     out["extra_headers"] = {str(k): str(v) for k, v in out.get("extra_headers", {}).items()}
     number("max_consecutive_failures", int, 0)
+    number("batch_max_requests", int, 1)
+    number("batch_max_bytes", int, 1_000)
+    number("batch_poll", float, 0.01)
+    if out.get("batch_api") not in (None, "openai", "anthropic"):
+        raise ConfigError(f"batch-api must be openai or anthropic, got {out['batch_api']!r}")
+    if out.get("batch") and out.get("engine") == "ray":
+        raise ConfigError("--batch sends batch jobs from this machine; it does not run on --engine ray (drop one of them)")
     if out.get("engine") not in (None, "local", "ray"):
         raise ConfigError(f"engine must be local or ray, got {out['engine']!r}")
     if out.get("log_format") not in (None, "text", "json"):
@@ -238,7 +254,7 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"base-url must start with http:// or https://, got {out['base_url']!r}")
     if out.get("prompt") == "":
         raise ConfigError("prompt must not be empty")
-    for name in ("dry_run", "redo", "retry_errors", "fetch_remote", "allow_private_urls", "stream"):
+    for name in ("dry_run", "redo", "retry_errors", "fetch_remote", "allow_private_urls", "stream", "batch", "batch_wait"):
         if name in out and not isinstance(out[name], bool):
             raise ConfigError(f"{name} must be true or false, got {out[name]!r}")
     for option in PATH_OPTIONS:

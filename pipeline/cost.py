@@ -53,8 +53,11 @@ def budget_note(cap: float, spent: float, in_flight: float, refused: float, max_
             f"the next request could cost up to ${refused:.4f} (input plus all of --max-tokens {max_tokens})")
 
 
-def load_price(path: Path | None, model: str) -> Price | None:
-    """The model's price from the prices file, or None (no file, or the model is not in it: costs stay unknown)."""
+def load_price(path: Path | None, model: str, *, batch: bool = False) -> Price | None:
+    """The model's price from the prices file, or None (no file, or the model is not in it: costs stay unknown).
+
+    `batch`: the price of a batch job: batch_input/batch_output/batch_cached_input, else the online price less
+    batch_discount, else the online price itself (a batch never costs more than online)."""
     if path is None or not path.exists():
         return None
     try:
@@ -66,9 +69,19 @@ def load_price(path: Path | None, model: str) -> Price | None:
     if entry is None:
         return None
     try:
-        return Price(float(entry["input"]), float(entry["output"]), float(entry["cached_input"]) if "cached_input" in entry else None)
+        online = Price(float(entry["input"]), float(entry["output"]), float(entry["cached_input"]) if "cached_input" in entry else None)
+        if not batch:
+            return online
+        if "batch_input" in entry:
+            cached = entry.get("batch_cached_input")
+            return Price(float(entry["batch_input"]), float(entry["batch_output"]), float(cached) if cached is not None else None)
+        keep = 1.0 - float(entry.get("batch_discount", 0.0))
+        if not 0.0 <= keep <= 1.0:
+            raise ValueError
+        return Price(online.input * keep, online.output * keep, online.cached_input * keep if online.cached_input is not None else None)
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{path}: [models.\"{model}\"] needs numbers for input and output (USD per million tokens)") from None
+        raise ConfigError(f"{path}: [models.\"{model}\"] needs numbers for input and output (USD per million tokens), "
+                          "and for batch_input and batch_output, or a batch_discount between 0 and 1") from None
 
 
 class Budget:

@@ -35,6 +35,11 @@ def runs_path(output: Path) -> Path:
     return _sidecar(output, "runs.jsonl")
 
 
+def batches_path(output: Path) -> Path:
+    """The folder of provider batch jobs submitted for this output (batch/ledger.py)."""
+    return _sidecar(output, "batches")
+
+
 def report_path(output: Path) -> Path:
     return output.with_name(output.name + ".html")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .client import ChatClient
 from .config import JobConfig
@@ -40,8 +40,12 @@ class ReadyRequest:
 class CaptionJob:
     """What happens to one row: load the image, send it (with retries), write the result."""
 
-    def __init__(self, config: JobConfig, images: ImageLoader, client: ChatClient, writer: ResultWriter, progress: Progress, stop: StopRequest):
+    def __init__(self, config: JobConfig, images: ImageLoader, client: ChatClient | None, writer: ResultWriter, progress: Progress,
+                 stop: StopRequest, *, encode: Callable[[ManifestRow, str, str | bytes], bytes] | None = None):
+        """`encode(row, prompt, image_url)`: the request's bytes (default: the chat request body; the batch backend
+        makes it a batch line). Without a client, the job only prepares."""
         self.config = config
+        self.encode = encode or (lambda row, prompt, image_url: encode_chat_request(config, prompt, image_url))
         self.images = images
         self.client = client
         self.writer = writer
@@ -72,7 +76,7 @@ class CaptionJob:
         except ImageError as e:
             self._finish(*self._failed(row, e, fingerprint))
             return None
-        body = encode_chat_request(self.config, prompt, image.url)
+        body = self.encode(row, prompt, image.url)
         tokens = estimate_request_tokens(self.config, image, prompt)
         # The body holds the image now; keeping its data: URL too would hold every waiting image twice.
         return ReadyRequest(row, dataclasses.replace(image, url=b""), body, tokens, fingerprint)

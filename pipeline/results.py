@@ -58,7 +58,7 @@ def ok_row(
     completion: Completion,
     *,
     attempts: int,
-    latency_ms: float,
+    latency_ms: float | None,  # None: answered in a batch, where one request has no latency of its own
     fingerprint: str | None = None,
     cost_usd: float | None = None,
 ) -> OutputRow:
@@ -71,7 +71,7 @@ def ok_row(
         **_usage_columns(completion.usage, billed_usage(completion.usage)),
         cost_usd=cost_usd,
         attempts=attempts,
-        latency_ms=round(latency_ms, 1),
+        latency_ms=round(latency_ms, 1) if latency_ms is not None else None,
         response_id=completion.response_id,
         fingerprint=fingerprint,
         ttft_ms=round(completion.time_to_first_token * 1000, 1) if completion.time_to_first_token is not None else None,

@@ -9,6 +9,7 @@ A dry run (dryrun.py) reads the same rows and sends nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -17,6 +18,7 @@ from typing import AsyncIterator, Iterable, Iterator
 
 import aiohttp
 
+from .batch.ledger import Ledger
 from .client import ChatClient
 from .config import JobConfig
 from .cost import Price, load_price, unpriced_note
@@ -71,8 +73,10 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
     price = load_price(config.prices, config.model)
     if config.max_cost is not None and price is None:  # before any file is touched
         raise ConfigError(f"--max-cost needs a price for {config.model}: add it to a copy of {config.prices} and pass --prices")
+    if config.batch:
+        config = dataclasses.replace(config, stream=False)  # a batch line is answered whole: the body is the online one, unstreamed
     stop = StopRequest()
-    aborted = budget = None
+    aborted = budget = batch_note = None
     target = Target(config.output, store)
     async with target.held():
         writer = ResultWriter(target.local).open()
@@ -85,19 +89,28 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
             is_done = _is_done(config, index)
             rows = _rows_to_do(config, manifest, is_done, progress.counters)
             planning = await plan.start(config, manifest, is_done, progress, index.rows_in_output, rows)
-            if config.engine == "ray":
+            ledger = Ledger.open(target.local)
+            rows = _not_in_live_batches(planning.rows, ledger, config.batch)
+            if config.batch:
+                from .batch.backend import run_batches  # only for --batch
+
+                async with _image_loader(config, store) as images:
+                    with signals_to(stop):
+                        aborted, budget, batch_note = await run_batches(config, rows, images, writer, progress, stop, ledger,
+                                                                        lambda row_id, fp: index.is_done(row_id, fp))
+            elif config.engine == "ray":
                 from .engine_ray import run_on_ray  # Ray is imported only when it is used
                 with signals_to(stop):
-                    aborted, budget = await asyncio.to_thread(run_on_ray, planning.rows, config, writer, progress, stop)
+                    aborted, budget = await asyncio.to_thread(run_on_ray, rows, config, writer, progress, stop)
             else:
-                aborted, budget = await _run_local(config, store, planning.rows, writer, progress, stop)
+                aborted, budget = await _run_local(config, store, rows, writer, progress, stop)
         finally:
             if planning is not None:
                 planning.stop()
             progress.close()
             writer.close()
             target.publish()
-        summary = summarize_run(config, manifest, progress, aborted=aborted, stopped_by=stop.reason, budget=budget)
+        summary = summarize_run(config, manifest, progress, aborted=aborted, stopped_by=stop.reason, budget=budget, batches=batch_note)
         target.record(run_record(config, summary, started_at))
     return summary
 
@@ -139,6 +152,17 @@ async def _dry_run(config: JobConfig) -> RunSummary:
         rows = _rows_to_do(config, manifest, _is_done(config, index), progress.counters)
         async with _image_loader(config, store) as images:
             return await dry_run(config, manifest, rows, progress, images)
+
+
+def _not_in_live_batches(rows: Iterable[ManifestRow], ledger: Ledger, batch: bool) -> Iterable[ManifestRow]:
+    """The rows that no live provider batch holds: one that does is answered there, never paid for again here."""
+    pending = ledger.pending_ids()
+    if not len(pending):
+        return rows
+    if not batch:
+        log.warning("%d rows are in provider batches not collected yet (pipeline batch status %s): they are not sent online; "
+                    "a --batch run collects them", len(pending), ledger.folder.parent)
+    return (row for row in rows if row.id not in pending)
 
 
 def _progress(config: JobConfig, manifest: Manifest, price: Price | None) -> Progress:

@@ -45,15 +45,16 @@ class RunSummary:
     budget: str | None = None  # at --max-cost: the cap, what was spent, and the next request's worst case
     retry_errors: bool = True
     skipped_files: int = 0  # a folder's files that are not images
+    batches: str | None = None  # --batch: the batches still at the provider, and how to collect them
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def line(self) -> str:
-        if self.rows == 0 and not self.skipped and not self.dry_run and not self.aborted and not self.stopped_by:
+        if self.rows == 0 and not self.skipped and not self.dry_run and not self.aborted and not self.stopped_by and not self.batches:
             return "nothing to caption: no rows to do (no output file was written)"
-        if self.rows == 0 and self.skipped and not self.dry_run and not self.aborted and not self.stopped_by:
+        if self.rows == 0 and self.skipped and not self.dry_run and not self.aborted and not self.stopped_by and not self.batches:
             return f"nothing to do: all {self.skipped} rows are already in {self.output} (0 requests sent; --redo captions them again)"
         errors = f" ({', '.join(f'{t}: {n}' for t, n in sorted(self.error_types.items()))})" if self.error_types else ""
         if self.dry_run:
@@ -76,6 +77,8 @@ class RunSummary:
     def next_steps(self) -> list[str]:
         """What is left and what to do about it, for an ending that is not a clean finish."""
         steps = []
+        if self.batches:
+            steps.append(self.batches)
         if self.budget:
             steps.append(self.budget)
         if (self.stopped_by or self.aborted) and not self.dry_run:
@@ -101,6 +104,7 @@ def summarize_run(
     stopped_by: str | None = None,
     dry_run: bool = False,
     budget: str | None = None,
+    batches: str | None = None,
 ) -> RunSummary:
     c: Counters = progress.counters
     if aborted:
@@ -134,6 +138,7 @@ def summarize_run(
         budget=budget,
         retry_errors=config.retry_errors,
         skipped_files=manifest.skipped_files,
+        batches=batches,
     )
 
 

@@ -24,6 +24,10 @@ class BilledUsage:
 
 def billed_usage(usage: dict[str, Any]) -> BilledUsage:
     prompt, completion, total = (_int(usage.get(name)) for name in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    if prompt is None and _int(usage.get("input_tokens")) is not None:  # Anthropic's native Messages API (batches)
+        prompt = sum(_int(usage.get(name)) or 0 for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+        completion = _int(usage.get("output_tokens"))
+        total = prompt + (completion or 0)
     hidden = 0
     if prompt is not None and total is not None and total > prompt + (completion or 0):
         hidden = total - prompt - (completion or 0)

@@ -19,7 +19,7 @@ from pipeline.simulator.assets import FORMATS
 from pipeline.simulator.dialects import HEADER_STYLES
 from pipeline.simulator.limits import LIMIT_HEADER_FORMS
 from pipeline.simulator.server import Simulator
-from pipeline.simulator.settings import DECODE_MODES, DEFAULT_MODEL, RETRY_AFTER_FORMS, SimulatorSettings
+from pipeline.simulator.settings import BATCH_FAULTS, DECODE_MODES, DEFAULT_MODEL, RETRY_AFTER_FORMS, SimulatorSettings
 from pipeline.simulator.stream import STREAM_FAULTS, STREAM_STYLES
 from pipeline.simulator.vision import LOOPBACK_HOSTS
 
@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--decode", choices=DECODE_MODES, default=default.decode,
         help="full: decode every image and describe its pixels, as a provider does; header: read only the size from "
         "the header and caption from that, so the simulator is never what limits a throughput benchmark (default: %(default)s)")
+    add("--batch-seconds", type=float, default=default.batch_seconds, metavar="SECONDS",
+        help="how long a batch (OpenAI /v1/batches, Anthropic /v1/messages/batches) stays in progress (default: %(default)s)")
+    add("--batch-finalizing-seconds", type=float, default=default.batch_finalizing_seconds, metavar="SECONDS",
+        help="how long a finished OpenAI batch stays finalizing (default: %(default)s)")
+    add("--batch-fault", choices=BATCH_FAULTS, default=default.batch_fault,
+        help="expire: answer half of each batch and expire the rest; fail_validation: reject every batch at validation")
+    add("--batch-break-download", action="store_true", help="cut the first download of every batch result file off midway")
     add("--image-dir", default=None, metavar="DIR", help="serve the files in DIR at /_sim/files/PATH (test images are always at /_sim/images/WxH.png)")
     return parser
 

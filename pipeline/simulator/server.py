@@ -8,7 +8,8 @@ streams that carry an error, break off or stall. Faults come from seeded random
 rates, or from `fault_script`, which replays an exact sequence per image: the
 Nth request carrying an image gets the Nth entry. It enforces rate limits the
 way a provider does (limits.py), plays real providers' dialects (dialects.py),
-and serves test images (assets.py). It listens on loopback only.
+serves test images (assets.py) and both batch APIs (batches.py, message_batches.py).
+It listens on loopback only.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from pipeline.simulator.answers import (
     status_response,
 )
 from pipeline.simulator.assets import AssetRoutes
+from pipeline.simulator.batches import BatchEngine, OpenAIBatches
 from pipeline.simulator.dialects import ANSWER_FAULTS, play_answer, play_fault_dialect, rename_like_a_gateway, stream_error_frame
 from pipeline.simulator.limits import Limits, SlidingWindow, limit_error, retry_headers
+from pipeline.simulator.message_batches import MessageBatches
 from pipeline.simulator.request import BadRequest, ChatRequest, parse_chat_request, recorded_headers, url_timeout
 from pipeline.simulator.settings import DEFAULT_MODEL, MALFORMED_VARIANTS, MAX_BODY_BYTES, SimulatorSettings, SimulatorStats, pick_fault
 from pipeline.simulator.stream import STREAM_FAULTS, SSEWriter, completion_chunks, error_payload
@@ -61,6 +64,7 @@ class Simulator:
         self._next_id = 0
         self._window = SlidingWindow()
         self._stopping = asyncio.Event()  # wakes hung requests so a stop never waits for them
+        self._batches: BatchEngine | None = None
         self._reseed()
 
     def _reseed(self) -> None:
@@ -91,6 +95,9 @@ class Simulator:
         app.router.add_post("/_sim/config", self._post_config)
         app.router.add_post("/_sim/reset", self._post_reset)
         AssetRoutes(lambda: self.settings.image_dir).add_to(app.router)
+        self._batches = BatchEngine(self)
+        OpenAIBatches(self, self._batches).add_to(app.router)
+        MessageBatches(self, self._batches).add_to(app.router)
         app.cleanup_ctx.append(self._client_session)
         app.on_response_prepare.append(self._rename_headers)
         # handler_cancellation: a client that hangs up cancels its handler, as
@@ -109,6 +116,8 @@ class Simulator:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self._batches is not None:
+            await self._batches.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -15,6 +15,7 @@ from pipeline.simulator.stream import STREAM_FAULTS, STREAM_STYLES
 DEFAULT_MODEL = "claude-sonnet-4-20250514"
 RETRY_AFTER_FORMS = ("seconds", "http-date", "ms", "none")
 DECODE_MODES = ("full", "header")
+BATCH_FAULTS = ("", "expire", "fail_validation")
 MALFORMED_VARIANTS = ("not_json", "error_object", "no_choices", "null_content")
 NAMED_FAULTS = frozenset({"ok", "reset", "hang", "malformed", "quota", "url_timeout", "gemini_429", "echo_key", "huge", *STREAM_FAULTS, *ANSWER_FAULTS} | {f"malformed:{v}" for v in MALFORMED_VARIANTS})
 MAX_BODY_BYTES = 50 * 1024 * 1024  # providers cap a request at tens of MB too
@@ -73,6 +74,11 @@ class SimulatorSettings:
     # "full": decode every image as a provider does; "header": read only its size from the
     # header and caption from that (a throughput benchmark must not be bound by the simulator's decoding).
     decode: str = "full"
+    # Batch APIs (batches.py): how long a batch is in progress and finalizing, and its faults.
+    batch_seconds: float = 1.0
+    batch_finalizing_seconds: float = 0.0
+    batch_fault: str = ""  # one of BATCH_FAULTS: "" none, "expire" half the lines, "fail_validation"
+    batch_break_download: bool = False  # the first download of each result file breaks off midway
 
     def __post_init__(self) -> None:
         if isinstance(self.fault_script, str):
@@ -102,6 +108,10 @@ class SimulatorSettings:
             raise ValueError("limit_window and fetch_timeout must be positive")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}")
+        if self.batch_fault not in BATCH_FAULTS:
+            raise ValueError(f"batch_fault must be one of {', '.join(repr(f) for f in BATCH_FAULTS)}")
+        if min(self.batch_seconds, self.batch_finalizing_seconds) < 0:
+            raise ValueError("batch_seconds and batch_finalizing_seconds cannot be negative")
         if self.limit_headers not in LIMIT_HEADER_FORMS:
             raise ValueError(f"limit_headers must be one of {', '.join(LIMIT_HEADER_FORMS)}")
         self.image_dir = self.image_dir or None
@@ -138,6 +148,7 @@ class SimulatorStats:
         self.images: dict[str, dict[str, int]] = {}  # image_key -> {"requests", "ok"}
         self.bodies: deque[dict[str, Any]] = deque(maxlen=KEPT_BODIES)
         self.connections: set[int] = set()  # the TCP connections chat requests came on (a client that reuses them shows few)
+        self.batches: Counter[str] = Counter()  # files_uploaded, batches_created, lines, downloads, broken_downloads, cancelled
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -150,6 +161,7 @@ class SimulatorStats:
             "images": {key: dict(counts) for key, counts in self.images.items()},
             "bodies": list(self.bodies),
             "connections": len(self.connections),
+            "batches": {k: v for k, v in self.batches.items() if not k.startswith("download:")},
         }
 
 

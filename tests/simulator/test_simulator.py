@@ -376,9 +376,9 @@ def test_control_endpoints(simulator):
     assert status == 200 and configured["settings"]["fault_script"] == ["429", "ok"]
     assert refused == 400
     assert stats["requests"] == 1 and stats["by_status"] == {"429": 1}
-    assert set(stats) == {"requests", "in_flight", "peak_in_flight", "by_status", "faults", "rate_limited", "images", "bodies", "connections"}
+    assert set(stats) == {"requests", "in_flight", "peak_in_flight", "by_status", "faults", "rate_limited", "images", "bodies", "connections", "batches"}
     assert after_reset == {"requests": 0, "in_flight": 0, "peak_in_flight": 0, "by_status": {}, "faults": {}, "rate_limited": 0,
-                           "images": {}, "bodies": [], "connections": 0}
+                           "images": {}, "bodies": [], "connections": 0, "batches": {}}
     assert post(simulator)[0] == 429  # the script starts over after a reset
 
 

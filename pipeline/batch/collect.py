@@ -1,0 +1,103 @@
+"""Collecting an ended batch: download its results, write one output row per answered line, record it collected.
+
+Every row of the batch is looked up by its custom_id: an answer becomes an ok row (or an error row, by the
+online rule), an error line an error row classified as online; a line the provider never ran (expired,
+cancelled, or missing) writes nothing, so the row is to do again. Rows already in the output with the same
+fingerprint (a collection a kill interrupted) are not written twice. Results are downloaded to files
+beside the ledger first, so a download that breaks starts again and a parse never holds a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..config import JobConfig
+from ..cost import Price, row_cost
+from ..errors import AnswerError
+from ..progress import Progress
+from ..records import ManifestRow, PreparedImage
+from ..results import OutputRow, error_row, ok_row
+from ..usage import billed_usage
+from ..writer import ResultWriter
+from .ledger import Batch, Ledger
+from .lines import LineResult
+
+log = logging.getLogger("pipeline")
+
+AlreadyDone = Callable[[str, str], bool]  # (id, fingerprint) -> the output holds this row's answer
+
+
+async def collect(ledger: Ledger, batch: Batch, state: Any, api: Any, config: JobConfig, price: Price | None,
+                  writer: ResultWriter, progress: Progress, already: AlreadyDone | None = None) -> tuple[int, float]:
+    """Collect one ended batch; returns (rows written, what they cost)."""
+    if batch.status is None:
+        ledger.record("ended", batch.key, status=state.status, output_file_id=state.output_file_id,
+                      error_file_id=state.error_file_id, note=state.problem)
+    if state.status == "failed":
+        kept = ledger.requests_path(batch.key)
+        why = state.problem or "the provider gave no reason"
+        log.error("batch %s (%s) was rejected at validation: %s; its %d rows are to do again%s", batch.key, state.batch_id,
+                  why, batch.rows, f" (its file is kept at {kept})" if kept.exists() else "")
+        ledger.record("rejected", batch.key, why=why)
+        return 0, 0.0
+    results: dict[str, LineResult] = {}
+    async for name, where in api.results(state):
+        path = ledger.results_path(batch.key, name)
+        if not path.exists():
+            await api.http.download(where, path)
+        for result in _parse(path, api.parse):
+            results[result.custom_id] = result
+    written, again, cost = write_rows(ledger.read_rows(batch.key), results, config, price, writer, progress, already)
+    writer.sync()  # the rows are durable before the ledger says they are
+    ledger.record("collected", batch.key, written=written, again=again)
+    ledger.remove_files(batch.key, "rows", "output", "errors", "requests")
+    log.info("collected batch %s (%s, %s): %d rows written, %d to do again", batch.key, state.batch_id, state.status, written, again)
+    return written, cost
+
+
+def write_rows(rows: Iterator[dict[str, Any]], results: dict[str, LineResult], config: JobConfig, price: Price | None,
+               writer: ResultWriter, progress: Progress, already: AlreadyDone | None) -> tuple[int, int, float]:
+    written = again = 0
+    cost = 0.0
+    for meta in rows:
+        result = results.get(meta["c"])
+        if result is None or (result.completion is None and result.error is None):
+            again += 1
+            continue
+        if already is not None and result.completion is not None and already(meta["id"], meta["fp"]):
+            continue
+        out = output_row(meta, result, config, price)
+        writer.write(out)
+        progress.counters.requests += 1  # the provider ran one request for it, in the batch
+        progress.counters.rows_sent += 1
+        progress.record(out)
+        written += 1
+        cost += out["cost_usd"] or 0.0
+    return written, again, cost
+
+
+def output_row(meta: dict[str, Any], result: LineResult, config: JobConfig, price: Price | None) -> OutputRow:
+    row = ManifestRow(meta["line"], meta["id"], meta["image"], meta["source"], meta.get("prompt"), meta.get("extra") or {})
+    image = PreparedImage(url=b"", **meta["img"])
+    if result.completion is not None:
+        completion = result.completion
+        return ok_row(row, image, completion, attempts=1, latency_ms=None, fingerprint=meta["fp"],
+                      cost_usd=row_cost(price, billed_usage(completion.usage)))
+    error = result.error
+    cost = row_cost(price, billed_usage(error.usage)) if isinstance(error, AnswerError) else None
+    return error_row(row, error, message=config.redact(str(error)), attempts=1, model=config.model, fingerprint=meta["fp"],
+                     cost_usd=cost, image=image)
+
+
+def _parse(path: Path, parse: Callable[[bytes], LineResult]) -> Iterator[LineResult]:
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield parse(raw)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("%s line %d is not a batch result (%s: %s); its row is to do again", path.name, number,
+                            type(e).__name__, str(e)[:200])
