@@ -29,7 +29,7 @@ from .options import Option, declared, flag_of, kind_of
 log = logging.getLogger("pipeline")
 
 D = JobConfig()  # built-in defaults, shown in --help
-SUBPROGRAMS = {"simulate": ".simulator", "report": ".report", "status": ".status", "export": ".export", "compact": ".compact"}
+SUBPROGRAMS = {"simulate": ".simulator", "report": ".report", "status": ".status", "export": ".export", "compact": ".compact", "batch": ".batch.cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="how far an output is: counts, errors, cost, last runs, rows left (see: status --help)", add_help=False)
     commands.add_parser("export", help="an output's rows as CSV or JSON lines (see: export --help)", add_help=False)
     commands.add_parser("compact", help="rewrite a dataset output into N parts of one row per id (see: compact --help)", add_help=False)
+    commands.add_parser("batch", help="an output's provider batches: status, cancel, export, import (see: batch --help)", add_help=False)
     commands.add_parser("report", help="write a self-contained HTML review page for an output (see: report --help)", add_help=False)
     commands.add_parser("simulate", help="serve the bundled OpenAI-compatible simulator (see: simulate --help)", add_help=False)
     d = commands.add_parser("demo", help="run the job on sample_data/ against the simulator on loopback (no key, no network)")

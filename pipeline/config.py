@@ -118,8 +118,10 @@ def load_config(
     flags: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
     job_file: str | os.PathLike | None = None,
+    *,
+    need_key: bool = True,
 ) -> JobConfig:
-    """Merge the layers, check every value, and look up the API key."""
+    """Merge the layers, check every value, and look up the API key (`need_key` False: none is needed, e.g. an export)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     if job_file is not None:
@@ -147,7 +149,7 @@ def load_config(
                           f"(try {str(checked['output'].with_suffix('.parquet'))!r})")
     config = JobConfig(**checked)
     key = _find_api_key(config.api_key_env, environ)
-    if key is None and not config.dry_run:
+    if key is None and not config.dry_run and need_key:
         raise ConfigError(_missing_key_message(config.api_key_env))
     return JobConfig(**{**checked, "api_key": Secret(key) if key else None})
 

@@ -80,7 +80,9 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
     c = progress.counters
     print(f"dry run: nothing was sent. {c.done + c.skipped} rows read from {manifest.path}")
     print(f"  already done in {config.output}: {c.skipped} rows")
-    print(f"  would send {c.ok} requests to {config.base_url.rstrip('/')}/chat/completions (model {config.model})")
+    where = (f"as {config.batch_api} batch jobs at {config.base_url.rstrip('/')}" if config.batch
+             else f"to {config.base_url.rstrip('/')}/chat/completions")
+    print(f"  would send {c.ok} requests {where} (model {config.model})")
     if c.error:
         print(f"  {c.error} {'row' if c.error == 1 else 'rows'} would fail without a request:")
         print("\n".join(invalid) + ("\n  ..." if c.error > len(invalid) else ""))
@@ -95,8 +97,13 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
         low_answer, high_answer, grounds = _answer_lengths(config)
         low = price.cost(input_tokens, c.ok * low_answer)
         high = price.cost(input_tokens, c.ok * high_answer)
-        print(f"  estimated cost: ${low:.4f} to ${high:.4f} (input ${price.cost(input_tokens, 0):.4f}; answers of "
+        print(f"  estimated cost: ${low:.4f} to ${high:.4f} online (input ${price.cost(input_tokens, 0):.4f}; answers of "
               f"{low_answer} to {high_answer} tokens each: {grounds})")
+        batch = load_price(config.prices, config.model, batch=True)
+        if batch is not None:
+            mode = "--batch, as asked" if config.batch else "with --batch"
+            print(f"  estimated cost {mode}: ${batch.cost(input_tokens, c.ok * low_answer):.4f} to "
+                  f"${batch.cost(input_tokens, c.ok * high_answer):.4f} (answered within 24 h)")
     if example:
         print("  example request body:\n" + json.dumps(example[0], indent=2, ensure_ascii=False))
     return dataclasses.replace(summarize_run(config, manifest, progress, dry_run=True), estimated_input_tokens=input_tokens)

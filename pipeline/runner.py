@@ -97,7 +97,7 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
                 async with _image_loader(config, store) as images:
                     with signals_to(stop):
                         aborted, budget, batch_note = await run_batches(config, rows, images, writer, progress, stop, ledger,
-                                                                        lambda row_id, fp: index.is_done(row_id, fp))
+                                                                        target.local)
             elif config.engine == "ray":
                 from .engine_ray import run_on_ray  # Ray is imported only when it is used
                 with signals_to(stop):

@@ -1,6 +1,7 @@
 """--batch against the simulator's batch APIs: same rows as online, half the price, never paid twice, every row accounted for."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -184,3 +185,141 @@ def test_an_online_run_does_not_send_rows_that_sit_in_a_live_batch(sim, tmp_path
     online, _ = helpers.caption(manifest, out, sim.base_url, KEY)
     assert online.requests == 0 and sim.stats()["requests"] == 0
     assert len(Ledger.open(out).live()) == 1
+
+
+def batch_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "pipeline", "batch", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_export_then_run_elsewhere_then_import_gives_the_rows_an_online_run_gives(sim, tmp_path):
+    import base64
+    import hashlib
+
+    import openai
+
+    manifest = helpers.image_manifest(tmp_path, 5)
+    _, online_rows = helpers.caption(manifest, tmp_path / "online.parquet", sim.base_url, KEY)
+    out, requests = tmp_path / "out.parquet", tmp_path / "requests.jsonl"
+    done = batch_cli("export", manifest, "-o", requests, "--output", out, env={"ANYFAST_API_KEY": ""})  # no key needed
+    assert done.returncode == 0, done.stderr
+    assert "exported" in done.stderr and f"pipeline batch import results.jsonl -o {out}" in done.stderr
+    lines = [json.loads(line) for line in requests.read_text().splitlines()]
+    assert sorted(line["custom_id"] for line in lines) == sorted(online_rows)
+    for line in lines:
+        assert line["method"] == "POST" and line["url"] == "/v1/chat/completions" and line["body"]["stream"] is False
+        data_url = line["body"]["messages"][-1]["content"][1]["image_url"]["url"]
+        sent = base64.b64decode(data_url.split(",", 1)[1])
+        assert hashlib.sha256(sent).hexdigest() == online_rows[line["custom_id"]]["image_sha256"]  # the same image bytes as online
+    # Run it elsewhere: a manual upload with the official SDK, to the simulator's batch API.
+    client = openai.OpenAI(base_url=sim.base_url, api_key=KEY)
+    batch = client.batches.create(input_file_id=client.files.create(file=requests.open("rb"), purpose="batch").id,
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(0.05)
+        batch = client.batches.retrieve(batch.id)
+    (tmp_path / "results.jsonl").write_bytes(client.files.content(batch.output_file_id).content)
+    done = batch_cli("import", tmp_path / "results.jsonl", "-o", out)
+    assert done.returncode == 0 and "imported 5 rows" in done.stderr, done.stderr
+    rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    assert {k: (r["caption"], r["fingerprint"]) for k, r in rows.items()} == {k: (r["caption"], r["fingerprint"]) for k, r in online_rows.items()}
+    assert all(r["cost_usd"] == pytest.approx(online_rows[k]["cost_usd"] / 2) for k, r in rows.items())
+    again = batch_cli("import", tmp_path / "results.jsonl", "-o", out)  # nothing exported is left: the results match nothing now
+    assert again.returncode == 2 and "match no exported row" in again.stderr
+
+
+def test_status_lists_the_batches_and_cancel_stops_the_live_ones(sim, tmp_path):
+    sim.configure(batch_seconds=20)
+    manifest = helpers.image_manifest(tmp_path, 4)
+    out = tmp_path / "out.parquet"
+    run(manifest, out, sim, batch_wait=False)
+    status = batch_cli("status", out)
+    assert status.returncode == 0 and "openai" in status.stdout and "in_progress" not in status.stdout
+    assert "1 live (4 rows" in status.stderr
+    cancelled = batch_cli("cancel", out, env={"ANYFAST_API_KEY": KEY})  # the base URL comes from the last run's record
+    assert cancelled.returncode == 0 and "cancelling" in cancelled.stdout, cancelled.stderr
+    assert sim.stats()["batches"]["cancelled"] == 1
+    sim.configure(batch_seconds=0.2)
+    collected, rows = run(manifest, out, sim)  # collects what the cancelled batch answered
+    assert collected.exit_code == 0 and 1 <= len(rows) < 4 and f"{4 - len(rows)} rows the provider did not run" in collected.line()
+    summary, rows = run(manifest, out, sim)  # submits the rest
+    assert summary.exit_code == 0 and len(rows) == 4 and all(r["status"] == "ok" for r in rows.values())
+    status = batch_cli("status", out, "--json")
+    states = [json.loads(line)["state"] for line in status.stdout.splitlines()]
+    assert states == ["collected", "collected"]
+
+
+def test_the_official_sdks_read_the_simulators_batch_apis(sim, tmp_path):
+    """Our simulator must speak the providers' batch APIs, not only to our client: their SDKs parse every object."""
+    import anthropic
+    import openai
+
+    url = sim.image_url(32, 24)
+    client = anthropic.Anthropic(base_url=sim.root_url, api_key=KEY)
+    params = {"model": "claude-sonnet-4-20250514", "max_tokens": 50,
+              "messages": [{"role": "user", "content": [{"type": "text", "text": "Describe."}, {"type": "image", "source": {"type": "url", "url": url}}]}]}
+    batch = client.messages.batches.create(requests=[{"custom_id": "a", "params": params}, {"custom_id": "b", "params": params}])
+    while batch.processing_status != "ended":
+        time.sleep(0.05)
+        batch = client.messages.batches.retrieve(batch.id)
+    assert batch.request_counts.succeeded == 2
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert results["a"].type == "succeeded" and "32×24" in results["a"].message.content[0].text
+    assert [b.id for b in client.messages.batches.list()] == [batch.id]
+    cancelled = client.messages.batches.cancel(client.messages.batches.create(requests=[{"custom_id": "c", "params": params}]).id)
+    assert cancelled.processing_status in ("canceling", "ended")
+
+    sdk = openai.OpenAI(base_url=sim.base_url, api_key=KEY)
+    sim.configure(batch_fault="expire")
+    line = {"method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "max_tokens": 20, "messages": params["messages"][:0] + [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": url}}]}]}}
+    data = "".join(json.dumps({"custom_id": f"r{i}", **line}) + "\n" for i in range(4)).encode()
+    made = sdk.batches.create(input_file_id=sdk.files.create(file=("in.jsonl", data), purpose="batch").id,
+                              endpoint="/v1/chat/completions", completion_window="24h", metadata={"pipeline_key": "k"})
+    while made.status not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(0.05)
+        made = sdk.batches.retrieve(made.id)
+    assert made.status == "expired" and made.request_counts.completed == 2 and made.metadata == {"pipeline_key": "k"}
+    errors = [json.loads(l) for l in sdk.files.content(made.error_file_id).text.splitlines()]
+    assert [e["error"]["code"] for e in errors] == ["batch_expired", "batch_expired"]
+    sim.configure(batch_fault="fail_validation")
+    failed = sdk.batches.create(input_file_id=sdk.files.create(file=("in.jsonl", data), purpose="batch").id,
+                                endpoint="/v1/chat/completions", completion_window="24h")
+    while failed.status != "failed":
+        time.sleep(0.05)
+        failed = sdk.batches.retrieve(failed.id)
+    assert failed.errors.data[0].message.startswith("The batch input file failed validation")
+
+
+def test_the_dry_run_shows_the_batch_price_beside_the_online_one(sim, tmp_path, capsys):
+    manifest = helpers.image_manifest(tmp_path, 3)
+    summary, _ = helpers.caption(manifest, tmp_path / "o.parquet", sim.base_url, KEY, dry_run=True)
+    printed = capsys.readouterr().out
+    online = [float(v) for v in re.search(r"estimated cost: \$([\d.]+) to \$([\d.]+) online", printed).groups()]
+    batch = [float(v) for v in re.search(r"estimated cost with --batch: \$([\d.]+) to \$([\d.]+)", printed).groups()]
+    assert batch == pytest.approx([v / 2 for v in online], abs=1e-4) and sim.stats()["requests"] == 0
+
+
+def test_a_collection_cut_short_is_finished_by_the_next_run_without_writing_a_row_twice(sim, tmp_path, monkeypatch):
+    import pipeline.batch.collect as collect
+
+    manifest = helpers.image_manifest(tmp_path, 6)
+    out = tmp_path / "captions"  # a dataset: each run adds a part, so a row written twice would show
+    run(manifest, out, sim, batch_wait=False)
+    time.sleep(0.4)
+    made, real = [], collect.output_row
+
+    def crash_after_three(*args):
+        if len(made) == 3:
+            raise OSError("disk gone (simulated)")
+        made.append(args[0]["id"])
+        return real(*args)
+
+    monkeypatch.setattr(collect, "output_row", crash_after_three)
+    with pytest.raises(OSError):
+        run(manifest, out, sim)
+    monkeypatch.undo()
+    summary, _ = run(manifest, out, sim)
+    assert summary.ok == 3 and sim.stats()["batches"]["batches_created"] == 1
+    stored = pq.read_table(out).column("id").to_pylist()  # every part's rows, as a reader of its own sees them
+    assert sorted(stored) == sorted(f"img/img{i:03d}.png" for i in range(6))

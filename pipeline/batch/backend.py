@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Iterable
 
 import aiohttp
@@ -26,7 +27,7 @@ from ..records import ManifestRow
 from ..writer import ResultWriter
 from .api import BatchState, make_api
 from ..request import encode_chat_request
-from .collect import AlreadyDone, collect
+from .collect import collect
 from .ledger import Batch, Ledger
 from .lines import anthropic_line, openai_line
 from .packer import Packer, custom_id
@@ -36,7 +37,7 @@ log = logging.getLogger("pipeline")
 
 class BatchRun:
     def __init__(self, config: JobConfig, ledger: Ledger, writer: ResultWriter, progress: Progress, stop: StopRequest,
-                 session: aiohttp.ClientSession, already: AlreadyDone | None = None):
+                 session: aiohttp.ClientSession, output: Path | None = None):
         self.config = config
         self.ledger = ledger
         self.writer = writer
@@ -48,19 +49,23 @@ class BatchRun:
         self.refused: float | None = None
         self.states: dict[str, BatchState] = {}
         self.collected = 0
-        self.already = already
+        self.again = 0  # rows of collected batches the provider never ran (expired, cancelled): the next run submits them
+        self.output = output  # the local output, read only to resume a collection a kill interrupted
         self.rejected: list[str] = []  # batches the provider refused at validation: the run ends with exit 3
         for batch in ledger.live():  # what earlier runs submitted may still cost up to this
             self.budget.reserve(batch.worst_usd)
         progress.watch(self.holding)
 
     def holding(self) -> str | None:
+        """The batches, for the progress line: how many are waiting at the provider, running, collected."""
         live = [b for b in self.ledger.live() if b.api != "file"]
-        if not live:
+        if not live and not self.collected:
             return None
-        lines = sum(s.done for k, s in self.states.items() if k in {b.key for b in live})
-        total = sum(b.rows for b in live)
-        return f"batches: {len(live)} live ({lines}/{total} lines answered), {self.collected} collected"
+        states = [self.states.get(b.key) for b in live]
+        running = sum(1 for s in states if s is not None and s.status in ("in_progress", "finalizing"))
+        answered = sum(s.done for s in states if s is not None)
+        return (f"batches: {len(live) - running} waiting, {running} in progress ({answered}/{sum(b.rows for b in live)} lines "
+                f"answered), {self.collected} collected")
 
     def budget_note(self) -> str | None:
         if self.refused is None:
@@ -102,10 +107,11 @@ class BatchRun:
     async def collect(self, batch: Batch, state: BatchState) -> None:
         if state.status == "failed":
             self.rejected.append(f"batch {batch.key} ({state.batch_id}) was rejected at validation: {state.problem or 'no reason given'}")
-        written, cost = await collect(self.ledger, batch, state, self.api, self.config, self.price, self.writer, self.progress,
-                                     self.already)
+        written, again, cost = await collect(self.ledger, batch, state, self.api, self.config, self.price, self.writer, self.progress,
+                                            self.output)
         self.budget.settle(batch.worst_usd, cost)
         self.collected += 1
+        self.again += again
 
     async def wait(self) -> None:
         while live := [b for b in self.ledger.live() if b.api != "file" and b.submitted]:
@@ -131,19 +137,21 @@ class BatchRun:
 
 async def run_batches(config: JobConfig, rows: Iterable[ManifestRow], images: ImageLoader, writer: ResultWriter,
                       progress: Progress, stop: StopRequest, ledger: Ledger,
-                      already: AlreadyDone | None = None) -> tuple[str | None, str | None, str | None]:
+                      output: Path | None = None) -> tuple[str | None, str | None, str | None]:
     """The batch backend's run: (why it aborted, the --max-cost note, the batches still at the provider)."""
     aborted = None
     async with aiohttp.ClientSession() as session:
-        run = BatchRun(config, ledger, writer, progress, stop, session, already)
+        run = BatchRun(config, ledger, writer, progress, stop, session, output)
         job = CaptionJob(config, images, None, writer, progress, stop, encode=batch_encoder(config))  # prepares only
-        packer = Packer(config, ledger, run.submit, run.reserve, config.batch_api)
+        exporting = config.batch_api == "file"  # pipeline batch export: recorded, never sent
+        packer = Packer(config, ledger, None if exporting else run.submit, run.reserve, config.batch_api)
         heartbeat = asyncio.create_task(progress.heartbeat())
         try:
-            await run.settle()
+            if not exporting:
+                await run.settle()
             await run_pool(rows, job.prepare, config.concurrency, progress, send=packer.add, stop=stop, grace=config.grace)
             await packer.close()
-            if config.batch_wait:
+            if config.batch_wait and not exporting:
                 await run.wait()
         except* (APIError, RunAborted) as group:
             error = group.exceptions[0]
@@ -154,7 +162,7 @@ async def run_batches(config: JobConfig, rows: Iterable[ManifestRow], images: Im
             await packer.abandon()
     if run.rejected and aborted is None:
         aborted = "; ".join(run.rejected) + " (its rows are to do again: fix the cause, then rerun)"
-    return aborted, run.budget_note(), waiting_note(ledger)
+    return aborted, run.budget_note(), waiting_note(ledger, run.again)
 
 
 def batch_encoder(config: JobConfig):
@@ -164,10 +172,14 @@ def batch_encoder(config: JobConfig):
     return lambda row, prompt, image_url: openai_line(row.id, encode_chat_request(config, prompt, image_url))
 
 
-def waiting_note(ledger: Ledger) -> str | None:
+def waiting_note(ledger: Ledger, again: int = 0) -> str | None:
     live = [b for b in ledger.live() if b.api != "file"]
-    if not live:
-        return None
-    rows = sum(b.rows for b in live)
-    return (f"{rows} rows in {len(live)} batches are at the provider: any later run of the same command collects them "
-            f"(`pipeline batch status {ledger.folder.parent}` shows them)")
+    notes = []
+    if live:
+        rows = sum(b.rows for b in live)
+        notes.append(f"{rows} rows in {len(live)} batches are at the provider: any later run of the same command collects them "
+                     f"(`pipeline batch status {ledger.folder.parent}` shows them)")
+    if again:
+        notes.append(f"{again} rows the provider did not run (their batch expired or was cancelled) are to do again: "
+                     "the next run of the same command submits them")
+    return "\n  ".join(notes) or None

@@ -3,7 +3,8 @@
 Every row of the batch is looked up by its custom_id: an answer becomes an ok row (or an error row, by the
 online rule), an error line an error row classified as online; a line the provider never ran (expired,
 cancelled, or missing) writes nothing, so the row is to do again. Rows already in the output with the same
-fingerprint (a collection a kill interrupted) are not written twice. Results are downloaded to files
+the batch wrote already (a collection a kill interrupted: any row of its ids written since it was prepared is
+its own, as no other run sends an id while its batch is live) are not written twice. Results are downloaded to files
 beside the ledger first, so a download that breaks starts again and a parse never holds a socket.
 """
 
@@ -15,7 +16,9 @@ from typing import Any, Callable, Iterator
 
 from ..config import JobConfig
 from ..cost import Price, row_cost
-from ..errors import AnswerError
+from ..errors import AnswerError, ConfigError
+from ..hashedset import HashedSet
+from ..outputs import Output
 from ..progress import Progress
 from ..records import ManifestRow, PreparedImage
 from ..results import OutputRow, error_row, ok_row
@@ -26,12 +29,9 @@ from .lines import LineResult
 
 log = logging.getLogger("pipeline")
 
-AlreadyDone = Callable[[str, str], bool]  # (id, fingerprint) -> the output holds this row's answer
-
-
 async def collect(ledger: Ledger, batch: Batch, state: Any, api: Any, config: JobConfig, price: Price | None,
-                  writer: ResultWriter, progress: Progress, already: AlreadyDone | None = None) -> tuple[int, float]:
-    """Collect one ended batch; returns (rows written, what they cost)."""
+                  writer: ResultWriter, progress: Progress, output: Path | None = None) -> tuple[int, int, float]:
+    """Collect one ended batch; returns (rows written, rows to do again, what they cost)."""
     if batch.status is None:
         ledger.record("ended", batch.key, status=state.status, output_file_id=state.output_file_id,
                       error_file_id=state.error_file_id, note=state.problem)
@@ -41,7 +41,7 @@ async def collect(ledger: Ledger, batch: Batch, state: Any, api: Any, config: Jo
         log.error("batch %s (%s) was rejected at validation: %s; its %d rows are to do again%s", batch.key, state.batch_id,
                   why, batch.rows, f" (its file is kept at {kept})" if kept.exists() else "")
         ledger.record("rejected", batch.key, why=why)
-        return 0, 0.0
+        return 0, batch.rows, 0.0
     results: dict[str, LineResult] = {}
     async for name, where in api.results(state):
         path = ledger.results_path(batch.key, name)
@@ -49,16 +49,18 @@ async def collect(ledger: Ledger, batch: Batch, state: Any, api: Any, config: Jo
             await api.http.download(where, path)
         for result in _parse(path, api.parse):
             results[result.custom_id] = result
-    written, again, cost = write_rows(ledger.read_rows(batch.key), results, config, price, writer, progress, already)
+    written_before = _written_since(output, batch.at) if batch.collecting and output is not None else None
+    ledger.record("collecting", batch.key)
+    written, again, cost = write_rows(ledger.read_rows(batch.key), results, config, price, writer, progress, written_before)
     writer.sync()  # the rows are durable before the ledger says they are
     ledger.record("collected", batch.key, written=written, again=again)
     ledger.remove_files(batch.key, "rows", "output", "errors", "requests")
     log.info("collected batch %s (%s, %s): %d rows written, %d to do again", batch.key, state.batch_id, state.status, written, again)
-    return written, cost
+    return written, again, cost
 
 
 def write_rows(rows: Iterator[dict[str, Any]], results: dict[str, LineResult], config: JobConfig, price: Price | None,
-               writer: ResultWriter, progress: Progress, already: AlreadyDone | None) -> tuple[int, int, float]:
+               writer: ResultWriter, progress: Progress, written_before: HashedSet | None) -> tuple[int, int, float]:
     written = again = 0
     cost = 0.0
     for meta in rows:
@@ -66,7 +68,7 @@ def write_rows(rows: Iterator[dict[str, Any]], results: dict[str, LineResult], c
         if result is None or (result.completion is None and result.error is None):
             again += 1
             continue
-        if already is not None and result.completion is not None and already(meta["id"], meta["fp"]):
+        if written_before is not None and meta["id"] in written_before:
             continue
         out = output_row(meta, result, config, price)
         writer.write(out)
@@ -89,6 +91,23 @@ def output_row(meta: dict[str, Any], result: LineResult, config: JobConfig, pric
     cost = row_cost(price, billed_usage(error.usage)) if isinstance(error, AnswerError) else None
     return error_row(row, error, message=config.redact(str(error)), attempts=1, model=config.model, fingerprint=meta["fp"],
                      cost_usd=cost, image=image)
+
+
+def _written_since(output: Path, since: float) -> HashedSet:
+    """The ids of the rows the output got since `since` (epoch seconds): read only after an interrupted collection."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = HashedSet()
+    try:
+        rows = Output(output)
+    except ConfigError:  # nothing written yet
+        return ids
+    for batch in rows.batches(["id", "completed_at"]):
+        table = pa.Table.from_batches([batch])
+        newer = pc.greater_equal(pc.cast(table.column("completed_at"), pa.int64()), int(since * 1000))
+        ids.update(table.filter(pc.fill_null(newer, False)).column("id").to_pylist())
+    return ids
 
 
 def _parse(path: Path, parse: Callable[[bytes], LineResult]) -> Iterator[LineResult]:

@@ -2,10 +2,10 @@
 
 The folder `<output>.batches/` (in a dataset folder: `_batches/`) holds
   ledger.jsonl           one event per line, fsynced before the step after it is taken:
-                           prepared  {key, api, rows, bytes, worst_usd, at}   (its rows file is durable first)
+                           prepared  {key, api, rows, bytes, worst_usd, at, model}   (its rows file is durable first)
                            uploaded  {key, file_id}       submitted {key, batch_id}
                            ended     {key, status, output_file_id, error_file_id, note}
-                           collected {key, written, again}                   rejected {key, why}
+                           collecting {key}   collected {key, written, again}   rejected {key, why}
   <key>.rows.jsonl       the batch's rows: what an output row needs besides the answer
   <key>.requests.jsonl   the lines to upload; deleted once the provider holds the batch
 A batch is live from `prepared` until `collected` or `rejected`, and its ids are not prepared again while
@@ -38,12 +38,14 @@ class Batch:
     bytes: int
     worst_usd: float  # the most its rows can cost: --max-cost counts it as in flight until it is collected
     at: float  # when it was prepared (epoch seconds)
+    model: str | None = None  # what its requests ask (an import prices the answers by it)
     file_id: str | None = None
     batch_id: str | None = None
     status: str | None = None  # the provider's last word on it
     output_file_id: str | None = None
     error_file_id: str | None = None
     done: bool = False  # collected or rejected
+    collecting: bool = False  # its rows were being written when a run stopped: some may be in the output already
     note: str | None = None
 
     @property
@@ -134,7 +136,8 @@ class Ledger:
     def _apply(self, entry: dict[str, Any]) -> None:
         event, key = entry["event"], entry["key"]
         if event == "prepared":
-            self.batches[key] = Batch(key, entry["api"], entry["rows"], entry["bytes"], entry.get("worst_usd", 0.0), entry["at"])
+            self.batches[key] = Batch(key, entry["api"], entry["rows"], entry["bytes"], entry.get("worst_usd", 0.0), entry["at"],
+                                      entry.get("model"))
             return
         batch = self.batches[key]
         if event == "uploaded":
@@ -146,6 +149,8 @@ class Ledger:
             batch.output_file_id = entry.get("output_file_id")
             batch.error_file_id = entry.get("error_file_id")
             batch.note = entry.get("note")
+        elif event == "collecting":
+            batch.collecting = True
         elif event in ("collected", "rejected"):
             batch.done = True
             batch.note = entry.get("why") or batch.note

@@ -93,7 +93,7 @@ class Packer:
             return
         filling.seal()
         self.ledger.record("prepared", filling.key, api=self.api, rows=filling.count, bytes=filling.bytes,
-                           worst_usd=round(filling.worst, 9), at=round(time.time(), 3))
+                           worst_usd=round(filling.worst, 9), at=round(time.time(), 3), model=self.config.model)
         if self.submit is not None:
             self._submitting.append(asyncio.create_task(self.submit(self.ledger.batches[filling.key])))
 

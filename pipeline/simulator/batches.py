@@ -67,15 +67,17 @@ class BatchEngine:
             async with gate:
                 if cancelled():
                     return
-                # Spread the lines over batch_seconds, as a provider works through a queue.
-                await asyncio.sleep(max(0.0, started + settings.batch_seconds * index / max(len(bodies), 1) - time.monotonic()))
-                if cancelled():
-                    return
+                # Spread the lines over batch_seconds, as a provider works through a queue (a cancel cuts the wait short).
+                while (left := started + settings.batch_seconds * index / max(len(bodies), 1) - time.monotonic()) > 0:
+                    await asyncio.sleep(min(left, 0.05))
+                    if cancelled():
+                        return
                 done(index, await self._ask(bodies[index], token))
                 answered += 1
 
         await asyncio.gather(*(one(i) for i in range(last)))
-        await asyncio.sleep(max(0.0, started + settings.batch_seconds - time.monotonic()))
+        while not cancelled() and (left := started + settings.batch_seconds - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.05))
         self.sim.stats.batches["lines"] += answered
         return answered
 

@@ -1,6 +1,6 @@
 """Anthropic's Message Batches on the simulator: POST/GET /v1/messages/batches[/{id}[/results|/cancel]].
 
-Auth is Anthropic's `x-api-key`. Each request's `params` (a Messages API body) is translated to a chat
+Auth is Anthropic's `x-api-key` (or a bearer token, as newer SDKs send it). Each request's `params` (a Messages API body) is translated to a chat
 completion, answered by the simulator's chat handler (batches.BatchEngine), and translated back into
 an Anthropic message; lines not reached are `expired` (batch_fault=expire) or `canceled`.
 """
@@ -45,7 +45,8 @@ class MessageBatches:
         router.add_post("/v1/messages/batches/{batch_id}/cancel", self._cancel_batch)
 
     def _key(self, request: web.Request) -> str | None:
-        key = request.headers.get("x-api-key", "")
+        # x-api-key, as documented; newer official SDKs send the key as a bearer token, which the API takes too.
+        key = request.headers.get("x-api-key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
         expected = self.sim.settings.api_key
         ok = bool(key.strip()) if expected is None else hmac.compare_digest(key.encode(), expected.encode())
         return key if ok else None
