@@ -163,8 +163,9 @@ async def start(config: JobConfig, manifest: Manifest, is_done: IsDone | None, p
     limit = f", --limit {config.limit}" if config.limit is not None else ""
     into = f" -> {config.output}" if plan is None or plan.to_do else ""  # name no file that will not be written
     log.info(
-        "start: %s%s%s; %s%s; model %s at %s, concurrency %d",
-        what, already, limit, manifest.path, into, config.model, config.base_url, config.concurrency,
+        "start: %s%s%s; %s%s; model %s at %s%s, concurrency %d",
+        what, already, limit, manifest.path, into, config.model, config.base_url,
+        f" as {config.batch_api} batch jobs" if config.batch and config.batch_api != "file" else "", config.concurrency,
         extra={"event": "start", "plan": {**(asdict(plan) if plan else {"to_do": None, "counting": True}),
                                           "manifest_rows_at_most": manifest.count(), "rows_in_output": rows_in_output,
                                           "limit": config.limit},

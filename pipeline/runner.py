@@ -90,6 +90,7 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
             rows = _rows_to_do(config, manifest, is_done, progress.counters)
             planning = await plan.start(config, manifest, is_done, progress, index.rows_in_output, rows)
             ledger = Ledger.open(target.local)
+            ledger.remove_orphans()  # a batch a kill stopped while it filled: never recorded, its rows are to do
             rows = _not_in_live_batches(planning.rows, ledger, config.batch)
             if config.batch:
                 from .batch.backend import run_batches  # only for --batch

@@ -14,7 +14,8 @@ from typing import Any
 import pyarrow.compute as pc
 
 from .cost import show_cost, unpriced_note
-from .remote import RemoteDataset
+from .batch.ledger import Ledger
+from .remote import RemoteDataset, local_output
 from .storage import Storage, location
 from .errors import EXIT_USAGE, ConfigError, ManifestError
 from .files import journal_path, runs_path
@@ -44,6 +45,8 @@ class Status:
     manifest_rows: int | None = None
     left: int | None = None  # manifest ids without an ok row
     left_failed: int | None = None  # of those, ids with an error row
+    batch_rows: int = 0  # rows in provider batches not collected yet (--batch)
+    batches: int = 0
 
 
 def output_status(output: Path, manifest: Path | None = None, columns: tuple[str | None, str | None] = (None, None)) -> Status:
@@ -78,6 +81,8 @@ def output_status(output: Path, manifest: Path | None = None, columns: tuple[str
         run.pop("options", None)
     status.models = [m for m, _ in models.most_common(3)]
     status.journal_rows = out.journal_rows if out else 0
+    live = [b for b in Ledger.open(local_output(output)).live() if b.api != "file"]
+    status.batches, status.batch_rows = len(live), sum(b.rows for b in live)
     if manifest is not None:
         if columns == (None, None):  # as the last run read it
             columns = (last_options.get("image_column"), last_options.get("id_column"))
@@ -140,6 +145,9 @@ def describe(s: Status) -> str:
         lines.append(f"  model: {', '.join(s.models)}")
     if s.journal_rows:
         lines.append(f"  {s.journal_rows:,} of these rows are in the journal of an interrupted run; the next run folds them into the file")
+    if s.batches:
+        lines.append(f"  {s.batch_rows:,} rows are in {s.batches} provider batches not collected yet: the next --batch run "
+                     f"collects them (pipeline batch status {s.output})")
     if s.manifest is not None:
         never = s.left - s.left_failed
         lines.append(f"  manifest {s.manifest}: {s.manifest_rows:,} rows, {s.left:,} left ({s.left_failed:,} failed, {never:,} not tried); "

@@ -236,6 +236,8 @@ def test_status_lists_the_batches_and_cancel_stops_the_live_ones(sim, tmp_path):
     status = batch_cli("status", out)
     assert status.returncode == 0 and "openai" in status.stdout and "in_progress" not in status.stdout
     assert "1 live (4 rows" in status.stderr
+    overall = subprocess.run([sys.executable, "-m", "pipeline", "status", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert "4 rows are in 1 provider batches not collected yet" in overall.stdout, overall.stdout + overall.stderr
     cancelled = batch_cli("cancel", out, env={"ANYFAST_API_KEY": KEY})  # the base URL comes from the last run's record
     assert cancelled.returncode == 0 and "cancelling" in cancelled.stdout, cancelled.stderr
     assert sim.stats()["batches"]["cancelled"] == 1
@@ -323,3 +325,33 @@ def test_a_collection_cut_short_is_finished_by_the_next_run_without_writing_a_ro
     assert summary.ok == 3 and sim.stats()["batches"]["batches_created"] == 1
     stored = pq.read_table(out).column("id").to_pylist()  # every part's rows, as a reader of its own sees them
     assert sorted(stored) == sorted(f"img/img{i:03d}.png" for i in range(6))
+
+
+def test_a_batch_a_kill_stopped_while_it_filled_is_removed_and_its_rows_are_sent(sim, tmp_path):
+    manifest = helpers.image_manifest(tmp_path, 3)
+    out = tmp_path / "out.parquet"
+    folder = batches_path(out)
+    folder.mkdir(parents=True)
+    for name in ("bkilled.rows.jsonl", "bkilled.requests.jsonl"):  # never recorded as prepared
+        (folder / name).write_text('{"c": "img/img000.png", "id": "img/img000.png"}\n')
+    summary, rows = run(manifest, out, sim)
+    assert summary.ok == 3 and not list(folder.glob("bkilled.*"))
+
+
+def test_sigterm_while_waiting_exits_143_at_once_and_leaves_the_batch_to_the_next_run(sim, tmp_path):
+    sim.configure(batch_seconds=30)
+    manifest = helpers.image_manifest(tmp_path, 3)
+    out = tmp_path / "out.parquet"
+    process = start(manifest, out, sim.base_url)
+    deadline = time.monotonic() + 30
+    while not any(e["event"] == "submitted" for e in events(out)):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.02)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143 and time.monotonic() - stopped_at < 10, stderr
+    assert "3 rows in 1 batches are at the provider" in stderr
+    sim.configure(batch_seconds=0.1)
+    summary, rows = run(manifest, out, sim)
+    assert summary.ok == 3 and sim.stats()["batches"]["batches_created"] == 1

@@ -18,7 +18,7 @@ import aiohttp
 
 from ..config import JobConfig
 from ..cost import Budget, budget_note, load_price, worst_case_cost
-from ..errors import APIError, RunAborted
+from ..errors import APIConnectionError, APIError, APITimeoutError, RunAborted, ServerError
 from ..images import ImageLoader
 from ..job import CaptionJob, ReadyRequest
 from ..pool import StopRequest, run_pool
@@ -33,6 +33,8 @@ from .lines import anthropic_line, openai_line
 from .packer import Packer, custom_id
 
 log = logging.getLogger("pipeline")
+# What a poll may meet and live through, once its own retries are spent (a quota or a bad key is not).
+TRANSIENT = (APIConnectionError, APITimeoutError, ServerError)
 
 
 class BatchRun:
@@ -122,8 +124,12 @@ class BatchRun:
             except asyncio.TimeoutError:
                 pass
             for batch in live:
-                if not self.stop.requested.is_set():
+                if self.stop.requested.is_set():
+                    break
+                try:
                     await self.poll(batch)
+                except TRANSIENT as e:  # hours of waiting outlast a network blip: the next poll tries again
+                    log.warning("could not check batch %s (%s); trying again in %g s", batch.key, e, self.config.batch_poll)
 
     def reserve(self, ready: ReadyRequest) -> float | None:
         """The row's worst case, held from the budget; None when --max-cost has no room left (the run stops)."""

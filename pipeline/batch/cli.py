@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli import add_option
 from ..config import JobConfig, _find_api_key, load_config
 from ..errors import EXIT_OK, EXIT_USAGE, ConfigError, PipelineError, exit_code_for
 from ..files import runs_path
@@ -45,7 +46,6 @@ def main(argv: list[str]) -> int:
     export.add_argument("--job", metavar="FILE")
     for field, opt in declared(JobConfig):
         if flag_of(field, opt) and field.name not in ("batch", "batch_api", "batch_wait", "batch_poll", "dry_run", "engine", "ray_address"):
-            from ..cli import add_option
             add_option(export, field, dataclasses.replace(opt, short=None) if field.name == "output" else opt)
     imported = actions.add_parser("import", help="read a results file back into the output its requests were exported for")
     imported.add_argument("results", type=Path, help="OpenAI batch output or error lines, or Anthropic Message Batch results")

@@ -156,18 +156,3 @@ class Ledger:
             batch.note = entry.get("why") or batch.note
             batch.status = batch.status or event
 
-
-def write_durably(path: Path, lines: list[bytes] | Iterator[bytes]) -> int:
-    """Write a batch file and fsync it; returns its size."""
-    size = 0
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            for line in lines:
-                f.write(line)
-                size += len(line)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise write_error(path, e) from None
-    return size
