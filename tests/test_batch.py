@@ -355,3 +355,15 @@ def test_sigterm_while_waiting_exits_143_at_once_and_leaves_the_batch_to_the_nex
     sim.configure(batch_seconds=0.1)
     summary, rows = run(manifest, out, sim)
     assert summary.ok == 3 and sim.stats()["batches"]["batches_created"] == 1
+
+
+def test_a_batch_that_is_slow_to_finalize_is_waited_for_not_collected_early_or_submitted_again(sim, tmp_path):
+    sim.configure(batch_seconds=0.05, batch_finalizing_seconds=1.5)
+    manifest = helpers.image_manifest(tmp_path, 4)
+    out = tmp_path / "out.parquet"
+    run(manifest, out, sim, batch_wait=False)
+    time.sleep(0.5)  # every line answered, the output file not written yet
+    during, rows = run(manifest, out, sim, batch_wait=False)
+    assert rows == {} and "4 rows in 1 batches are at the provider" in during.line()
+    after, rows = run(manifest, out, sim)
+    assert after.ok == 4 and len(rows) == 4 and sim.stats()["batches"]["batches_created"] == 1
