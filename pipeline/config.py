@@ -8,6 +8,7 @@ read from the environment only (never from a file or a flag) and is wrapped in
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -89,6 +90,16 @@ class JobConfig:
     batch_max_requests: int = _option(50_000, "most requests in one batch (OpenAI takes 50,000; Anthropic 100,000)", metavar="N")
     batch_max_bytes: int = _option(200_000_000, "largest batch file (OpenAI takes 200 MB; Anthropic 256 MB)", metavar="BYTES")
     batch_poll: float = _option(30.0, "with --batch, how often the batches in progress are checked", metavar="SECONDS")
+    schema: dict[str, Any] | None = _option(None, "JSON Schema file the answer must follow (or a [schema] table in the job file): each "
+                                            "top-level property becomes a typed column; the raw answer stays in caption",
+                                            metavar="FILE", fingerprint=IF_CHANGED, show_default=False)
+    schema_mode: str = _option("auto", "with --schema: send it as response_format, or in the prompt (auto: in the prompt for Claude "
+                               "models, whose OpenAI layer ignores response_format; see the README's provider table)",
+                               choices=("auto", "response_format", "prompt"), fingerprint=IF_CHANGED)
+    max_invalid: int = _option(2, "with --schema, ask again up to N times when an answer is not JSON that follows the schema; "
+                               "then the row is an invalid_output error", metavar="N")
+    dedupe: bool = _option(True, "send every row, even one whose image bytes and request settings equal a row already answered "
+                           "(by default such a row reuses that answer, at no cost)", flag="--no-dedupe", show_default=False)
     extra_body: dict[str, Any] = _option(help="merged into every request body", default_factory=dict, flag=None, fingerprint=IF_CHANGED)
     extra_headers: dict[str, str] = _option(help="sent with every request (not Authorization)", default_factory=dict, flag=None)
     storage: dict[str, dict[str, Any]] = _option(help="fsspec options per protocol, e.g. [storage.s3] endpoint_url (never logged)",
@@ -175,6 +186,8 @@ def read_job_file(path: Path) -> dict[str, Any]:
     for option in PATH_OPTIONS:
         if isinstance(data.get(option), str) and protocol(data[option]) is None:
             data[option] = path.parent / Path(data[option]).expanduser()
+    if isinstance(data.get("schema"), str):  # a file beside the job file; a [schema] table is the schema itself
+        data["schema"] = str(path.parent / Path(data["schema"]).expanduser())
     return data
 
 
@@ -241,6 +254,11 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
     number("batch_max_requests", int, 1)
     number("batch_max_bytes", int, 1_000)
     number("batch_poll", float, 0.01)
+    number("max_invalid", int, 0, 20)
+    if out.get("schema_mode") not in (None, "auto", "response_format", "prompt"):
+        raise ConfigError(f"schema-mode must be auto, response_format or prompt, got {out['schema_mode']!r}")
+    if out.get("schema") is not None:
+        out["schema"] = _schema(out["schema"])
     if out.get("batch_api") not in (None, "openai", "anthropic"):
         raise ConfigError(f"batch-api must be openai or anthropic, got {out['batch_api']!r}")
     if out.get("batch") and out.get("engine") == "ray":
@@ -256,7 +274,7 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"base-url must start with http:// or https://, got {out['base_url']!r}")
     if out.get("prompt") == "":
         raise ConfigError("prompt must not be empty")
-    for name in ("dry_run", "redo", "retry_errors", "fetch_remote", "allow_private_urls", "stream", "batch", "batch_wait"):
+    for name in ("dry_run", "redo", "retry_errors", "fetch_remote", "allow_private_urls", "stream", "batch", "batch_wait", "dedupe"):
         if name in out and not isinstance(out[name], bool):
             raise ConfigError(f"{name} must be true or false, got {out[name]!r}")
     for option in PATH_OPTIONS:
@@ -266,6 +284,25 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(out["storage"], dict) or not all(isinstance(v, dict) for v in out["storage"].values()):
             raise ConfigError("storage must be a table of tables in the job file, one per protocol: [storage.s3] endpoint_url = \"...\"")
     return out
+
+
+def _schema(value: Any) -> dict[str, Any]:
+    """A [schema] table as it is, or the JSON Schema in the file --schema names; checked either way."""
+    from .structured import check_schema  # jsonschema loads only for a job with a schema
+
+    if isinstance(value, dict):
+        return check_schema(value, "the job file's [schema] table")
+    try:
+        text = Path(str(value)).expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"schema file not found: {value}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read schema file {value}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        schema = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"schema file {value} is not JSON: {e}") from None
+    return check_schema(schema, f"schema file {value}")
 
 
 def _location(option: str, value: Any) -> Path | str:

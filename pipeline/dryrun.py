@@ -16,6 +16,7 @@ from .errors import ConfigError, ImageError, ManifestRowError
 from .estimate import estimate_input_tokens
 from .images import ImageLoader
 from .files import journal_path
+from .hashedset import HashedSet
 from .manifest import Manifest
 from .outputs import Output
 from .pool import run_pool
@@ -23,6 +24,7 @@ from .progress import Progress
 from .records import ManifestRow
 from .request import build_chat_request
 from .results import error_row
+from .resume import fingerprinter
 from .summary import RunSummary, summarize_run
 
 SAMPLED_ANSWERS = 100_000  # earlier answers read to ground the cost range (the first ones: bounded memory)
@@ -49,12 +51,18 @@ def _answer_lengths(config: JobConfig) -> tuple[int, int, str]:
     return config.max_tokens // 4, config.max_tokens, "a guess from --max-tokens; a first run grounds it in real answers"
 
 
-async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[ManifestRow], progress: Progress, images: ImageLoader) -> RunSummary:
-    """Read and check every row and image the run would send; send nothing; say what would be sent."""
+async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[ManifestRow], progress: Progress, images: ImageLoader,
+                  answered: HashedSet | None = None) -> RunSummary:
+    """Read and check every row and image the run would send; send nothing; say what would be sent.
+
+    `answered`: the (image_sha256, fingerprint) keys the output has answers for (dedupe.py)."""
     invalid: list[str] = []
     example: list[dict[str, Any]] = []
     input_tokens = 0
     unknown_size = 0
+    fingerprint = fingerprinter(config)
+    seen, answered = HashedSet(), answered if answered is not None else HashedSet()
+    twin_tokens = 0  # input tokens of the rows dedupe answers without a request
 
     async def check(row: ManifestRow) -> None:
         try:
@@ -66,9 +74,15 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
             if len(invalid) < 20:
                 invalid.append(f"  {row.id}: {e.error_type}: {e}")
             return
-        nonlocal input_tokens, unknown_size
+        nonlocal input_tokens, unknown_size, twin_tokens
+        tokens = estimate_input_tokens(config, image, row.prompt or config.prompt)
+        key = (image.sha256, fingerprint(row.prompt or config.prompt))
+        if config.dedupe and image.sha256 is not None and (key in answered or not seen.add(key)):
+            progress.record({"status": "ok", "reused_from": key[0]})
+            twin_tokens += tokens
+            return
         progress.record({"status": "ok"})
-        input_tokens += estimate_input_tokens(config, image, row.prompt or config.prompt)
+        input_tokens += tokens
         unknown_size += image.width is None
         if not example:
             url = image.url if isinstance(image.url, str) else image.url.decode("ascii")
@@ -82,7 +96,7 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
     print(f"  already done in {config.output}: {c.skipped} rows")
     where = (f"as {config.batch_api} batch jobs at {config.base_url.rstrip('/')}" if config.batch
              else f"to {config.base_url.rstrip('/')}/chat/completions")
-    print(f"  would send {c.ok} requests {where} (model {config.model})")
+    print(f"  would send {c.ok - c.reused} requests {where} (model {config.model})")
     if c.error:
         print(f"  {c.error} {'row' if c.error == 1 else 'rows'} would fail without a request:")
         print("\n".join(invalid) + ("\n  ..." if c.error > len(invalid) else ""))
@@ -93,17 +107,26 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
     price = load_price(config.prices, config.model)
     if price is None:
         print(f"  estimated cost: {unpriced_note(config.model, config.prices)}")
-    elif c.ok:
+    elif c.ok - c.reused:
+        sent = c.ok - c.reused
         low_answer, high_answer, grounds = _answer_lengths(config)
-        low = price.cost(input_tokens, c.ok * low_answer)
-        high = price.cost(input_tokens, c.ok * high_answer)
+        low = price.cost(input_tokens, sent * low_answer)
+        high = price.cost(input_tokens, sent * high_answer)
         print(f"  estimated cost: ${low:.4f} to ${high:.4f} online (input ${price.cost(input_tokens, 0):.4f}; answers of "
               f"{low_answer} to {high_answer} tokens each: {grounds})")
         batch = load_price(config.prices, config.model, batch=True)
         if batch is not None:
             mode = "--batch, as asked" if config.batch else "with --batch"
-            print(f"  estimated cost {mode}: ${batch.cost(input_tokens, c.ok * low_answer):.4f} to "
-                  f"${batch.cost(input_tokens, c.ok * high_answer):.4f} (answered within 24 h)")
+            print(f"  estimated cost {mode}: ${batch.cost(input_tokens, sent * low_answer):.4f} to "
+                  f"${batch.cost(input_tokens, sent * high_answer):.4f} (answered within 24 h)")
+    if c.reused:
+        saving = ""
+        if price is not None:
+            low_answer, high_answer, _ = _answer_lengths(config)
+            saving = (f", saving ${price.cost(twin_tokens, c.reused * low_answer):.4f} to "
+                      f"${price.cost(twin_tokens, c.reused * high_answer):.4f} online")
+        print(f"  {c.reused} rows have the same image and settings as another row and would reuse its answer{saving} "
+              "(--no-dedupe sends them too)")
     if example:
         print("  example request body:\n" + json.dumps(example[0], indent=2, ensure_ascii=False))
     return dataclasses.replace(summarize_run(config, manifest, progress, dry_run=True), estimated_input_tokens=input_tokens)

@@ -23,6 +23,7 @@ from .config import JobConfig
 from .cost import budget_note
 from .errors import ConfigError
 from .merge import rows_to_table
+from .structured import answer_schema
 from .pool import StopRequest
 from .progress import Progress
 from .ray_actor import Captioner, manifest_items
@@ -87,8 +88,10 @@ def caption_dataset(ds: Any, config: JobConfig) -> Any:
         return pa.Table.from_pylist(list(manifest_items(
             ManifestRow(i, str(r.get("id") or r["image"]), r["image"], r.get("source") or r["image"], r.get("prompt")) for i, r in enumerate(rows, 1))))
 
+    answers = answer_schema(config)
+
     def columns(batch: pa.Table) -> pa.Table:
-        return rows_to_table([json.loads(text) for text in batch.column("row").to_pylist()])
+        return rows_to_table([json.loads(text) for text in batch.column("row").to_pylist()], answers.arrow if answers else None)
 
     return caption_json(ds.map_batches(items, batch_format="pyarrow"), config, start_keeper(config)).map_batches(columns, batch_format="pyarrow")
 

@@ -30,9 +30,11 @@ def anchor(output: Path) -> Path:
     return output / "_scratch" if is_dataset(output) else output
 
 
-def merge_journal(output: Path, journal: Path) -> int:
-    """Fold a journal into the output (newest row per id wins) and delete it; returns the rows merged."""
-    spilled = SpilledJournal(output)
+def merge_journal(output: Path, journal: Path, columns: pa.Schema | None = None) -> int:
+    """Fold a journal into the output (newest row per id wins) and delete it; returns the rows merged.
+
+    `columns`: the types of the structured answer's columns (--schema); other extra columns are inferred."""
+    spilled = SpilledJournal(output, columns)
     try:
         for rows in _chunks(read_journal(journal), JOURNAL_CHUNK_ROWS):
             spilled.add(rows)
@@ -63,12 +65,19 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield chunk
 
 
-def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Our columns with their fixed types, then the manifest's passthrough columns as inferred; the last row per id wins."""
+def rows_to_table(rows: list[dict[str, Any]], typed: pa.Schema | None = None) -> pa.Table:
+    """Our columns with their fixed types, the answer's with theirs (`typed`), then the manifest's passthrough
+    columns as inferred; the last row per id wins."""
     latest = list({r["id"]: r for r in rows}.values())
     columns: dict[str, pa.Array] = {}
     for field in OUTPUT_SCHEMA:
         columns[field.name] = pa.array([r.get(field.name) for r in latest], type=field.type)
+    for field in typed or ():
+        if any(field.name in r for r in latest):
+            try:
+                columns[field.name] = pa.array([r.get(field.name) for r in latest], type=field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+                pass  # a journal an earlier schema wrote: inferred below, like any other column
     extra_names: dict[str, None] = {}
     for r in latest:
         extra_names.update(dict.fromkeys(k for k in r if k not in columns))
@@ -85,15 +94,16 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
 class SpilledJournal:
     """A journal's rows as one table per chunk in temporary Arrow files; only the ids and the schemas stay in memory."""
 
-    def __init__(self, output: Path):
+    def __init__(self, output: Path, typed: pa.Schema | None = None):
         self._output = output
+        self._typed = typed
         self._parts: list[Path] = []
         self._ids: list[pa.Array] = []
         self.schema: pa.Schema | None = None  # the chunks' schemas unified, as if the journal were one table
         self.rows = 0
 
     def add(self, rows: list[dict[str, Any]]) -> None:
-        table = rows_to_table(rows)
+        table = rows_to_table(rows, self._typed)
         # Named like the merge's temporary file, so that open() removes parts a killed merge left.
         part = temporary_path(anchor(self._output), f".journal{len(self._parts)}")
         self._parts.append(part)

@@ -32,6 +32,7 @@ class Counters:
     rate_limited: int = 0  # attempts answered 429
     waiting_to_retry: int = 0  # rows whose last attempt failed and whose next has not started
     skipped: int = 0  # rows the output already held (counted by the reader's thread)
+    reused: int = 0  # rows answered by another row's answer: the same image asked the same way (dedupe.py)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -119,6 +120,7 @@ class Progress:
         c.prompt_tokens += row.get("prompt_tokens") or 0
         c.completion_tokens += row.get("completion_tokens") or 0
         c.cost_usd += row.get("cost_usd") or 0.0
+        c.reused += row.get("reused_from") is not None
         if row["status"] == "ok":
             c.ok += 1
         else:

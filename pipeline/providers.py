@@ -41,3 +41,14 @@ def check_formats(setting: str) -> str | None:
     if not {"image/jpeg", "image/png"} & {_NAMES[n] for n in names}:
         return "image-formats must include jpeg or png: converted images are sent as one of those"
     return None
+
+
+# Who follows response_format {"type": "json_schema", ...} (constrained decoding or the provider's own structured
+# outputs), from each provider's reference: OpenAI, vLLM, llama.cpp's server, Ollama, OpenRouter, Gemini's and
+# Mistral's OpenAI layers do. Anthropic's OpenAI layer documents response_format as ignored, and a gateway in front
+# of a Claude model (anyfast, LiteLLM, OpenRouter for older Claude models) may pass it on to be ignored: for
+# Claude the schema goes into the prompt. --schema-mode overrides the guess.
+def structured_mode(base_url: str, model: str) -> str:
+    """'response_format' or 'prompt': where a --schema goes for this provider and model."""
+    host = urlsplit(base_url).hostname or ""
+    return "prompt" if "anthropic.com" in host or "claude" in model.lower() else "response_format"

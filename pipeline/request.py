@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from .config import JobConfig
+from .structured import answer_schema
 
 # OpenAI's reasoning models refuse `max_tokens` and want `max_completion_tokens`.
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(?:[\w.-]+/)?(?:o\d|gpt-5)")
@@ -45,6 +46,8 @@ def build_chat_request(config: JobConfig, prompt: str, image_url: str) -> dict[s
         body["stream_options"] = {"include_usage": True}
     if config.temperature is not None:
         body["temperature"] = config.temperature
+    if config.schema is not None and (response_format := answer_schema(config).response_format()):
+        body["response_format"] = response_format
     return {**body, **config.extra_body}
 
 

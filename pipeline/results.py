@@ -43,6 +43,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("original_height", pa.int32()),
         ("file_size", pa.int64()),  # a local image's size and modification time when it was read (the change check)
         ("file_mtime_ns", pa.int64()),
+        ("reused_from", pa.string()),  # the id whose answer this row reuses: the same image, asked the same way (dedupe.py)
     ]
 )
 OUTPUT_COLUMNS = frozenset(OUTPUT_SCHEMA.names)
@@ -61,6 +62,7 @@ def ok_row(
     latency_ms: float | None,  # None: answered in a batch, where one request has no latency of its own
     fingerprint: str | None = None,
     cost_usd: float | None = None,
+    columns: dict[str, Any] | None = None,  # the structured answer's (--schema)
 ) -> OutputRow:
     return _row(
         row,
@@ -76,6 +78,7 @@ def ok_row(
         fingerprint=fingerprint,
         ttft_ms=round(completion.time_to_first_token * 1000, 1) if completion.time_to_first_token is not None else None,
         **_image_columns(image),
+        **(columns or {}),
     )
 
 
@@ -90,6 +93,7 @@ def error_row(
     fingerprint: str | None = None,
     cost_usd: float | None = None,
     image: PreparedImage | None = None,
+    columns: dict[str, Any] | None = None,  # the structured answer's, as nulls: a manifest column named alike moves aside as in ok rows
 ) -> OutputRow:
     """A failed row; an answer that was billed but is no caption (empty, refused) keeps its tokens and cost."""
     usage = getattr(error, "usage", None) or {}
@@ -107,7 +111,16 @@ def error_row(
         cost_usd=cost_usd,
         **(_usage_columns(usage, billed_usage(usage)) if usage else {}),
         **(_image_columns(image) if image is not None else {}),
+        **(columns or {}),
     )
+
+
+def reused_row(row: ManifestRow, image: PreparedImage, fingerprint: str, source: dict[str, Any]) -> OutputRow:
+    """A row answered by another row's answer (`source`: its id and answer columns): nothing sent, nothing billed."""
+    fields = {name: value for name, value in source.items() if name != "id"}
+    if fields.get("status") != "ok":
+        fields["error"] = f"the same image as {source['id']}, which failed: {fields.get('error')}"
+    return _row(row, **fields, attempts=0, cost_usd=0.0, fingerprint=fingerprint, reused_from=source["id"], **_image_columns(image))
 
 
 def _usage_columns(usage: dict[str, Any], billed: BilledUsage) -> dict[str, Any]:
@@ -141,6 +154,6 @@ def _row(row: ManifestRow, **fields: Any) -> OutputRow:
     out["image"] = row.image
     out["completed_at"] = int(time.time() * 1000)
     for name, value in row.extra.items():
-        # A manifest column that clashes with one of ours is kept under another name.
-        out[f"manifest_{name}" if name in OUTPUT_COLUMNS else name] = value
+        # A manifest column that clashes with one of ours (or an answer's) is kept under another name.
+        out[f"manifest_{name}" if name in OUTPUT_COLUMNS or name in fields else name] = value
     return out

@@ -29,9 +29,10 @@ from .remote import RemoteDataset
 from .storage import ObjectStat, Storage, is_object_url, local_stat
 from .merge import read_journal
 
-INDEX_COLUMNS = ("id", "status", "fingerprint", "file_size", "file_mtime_ns")
+INDEX_COLUMNS = ("id", "status", "fingerprint", "file_size", "file_mtime_ns", "image_sha256")
 _INDEX_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("fingerprint", pa.string()),
-                           ("file_size", pa.int64()), ("file_mtime_ns", pa.int64())])
+                           ("file_size", pa.int64()), ("file_mtime_ns", pa.int64()), ("image_sha256", pa.string())])
+_FILE_KEY = ("id", "fingerprint", "file_size", "file_mtime_ns")
 
 
 def fingerprinter(config: JobConfig) -> Callable[[str], str]:
@@ -61,6 +62,8 @@ class ResumeIndex:
         self._ok = HashedSet(expected)  # (id, fingerprint) of the ok rows with no file stat (URLs, older outputs)
         self._ok_files = HashedSet(expected)  # (id, fingerprint, size, mtime_ns) of the ok rows of local files
         self._failed = None if retry_errors else HashedSet()  # ids of the error rows, skipped only with retry_errors off
+        self.answered = HashedSet(expected)  # (image_sha256, fingerprint) of the ok rows: what dedupe.py reuses
+        self.files: list[pq.ParquetFile] = []  # the output's Parquet files, oldest first (dedupe reads answers from them)
         self.rows_in_output = 0
 
     @classmethod
@@ -72,6 +75,7 @@ class ResumeIndex:
         paths = (remote.parts() if remote is not None else []) + stored_files(output)  # oldest first
         files = [remote.open(path) if isinstance(path, str) else _open_output(path) for path in paths]
         index = cls(retry_errors, expected=sum(f.metadata.num_rows for f in files), store=store)
+        index.files = files
         journal = journal_path(output)
         rows = [tuple(r.get(name) for name in INDEX_COLUMNS) for r in read_journal(journal)] if journal.exists() else []
         # (this run's own journal is there, empty, when the writer opened before the index is read)
@@ -101,9 +105,12 @@ class ResumeIndex:
             if "file_mtime_ns" in done.column_names:
                 stat = pc.and_(pc.is_valid(done.column("file_size")), pc.is_valid(done.column("file_mtime_ns")))
                 files = done.filter(stat)
-                self._ok_files.update(zip(*(files.column(c).to_pylist() for c in INDEX_COLUMNS if c != "status")))
+                self._ok_files.update(zip(*(files.column(c).to_pylist() for c in _FILE_KEY)))
                 done = done.filter(pc.invert(stat))
             self._ok.update(zip(done.column("id").to_pylist(), done.column("fingerprint").to_pylist()))
+        if "image_sha256" in table.column_names and "fingerprint" in table.column_names:
+            sent = table.filter(pc.and_(ok, pc.and_(pc.is_valid(table.column("image_sha256")), pc.is_valid(table.column("fingerprint")))))
+            self.answered.update(zip(sent.column("image_sha256").to_pylist(), sent.column("fingerprint").to_pylist()))
         if self._failed is not None:
             not_ok = pc.or_kleene(pc.invert(ok), pc.is_null(ok))  # not pc.fill_null(ok, False), for the same reason
             self._failed.update(table.filter(not_ok).column("id").to_pylist())

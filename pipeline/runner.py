@@ -40,6 +40,8 @@ from .runlog import append_run_record
 from .storage import Storage
 from .target import Target
 from .summary import RunSummary, run_record, summarize_run
+from .dedupe import Dedupe, batch_keys, journal_rows, output_rows
+from .structured import answer_schema
 from .writer import ResultWriter
 
 log = logging.getLogger("pipeline")
@@ -76,10 +78,11 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
     if config.batch:
         config = dataclasses.replace(config, stream=False)  # a batch line is answered whole: the body is the online one, unstreamed
     stop = StopRequest()
-    aborted = budget = batch_note = None
+    aborted = budget = batch_note = dedupe = None
     target = Target(config.output, store)
     async with target.held():
-        writer = ResultWriter(target.local).open()
+        answers = answer_schema(config)
+        writer = ResultWriter(target.local, columns=answers.arrow if answers else None).open()
         target.publish()  # what a killed run left, recovered by open()
         progress = _progress(config, manifest, price)
         planning = None
@@ -92,22 +95,27 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
             ledger = Ledger.open(target.local)
             ledger.remove_orphans()  # a batch a kill stopped while it filled: never recorded, its rows are to do
             rows = _not_in_live_batches(planning.rows, ledger, config.batch)
+            if config.dedupe and config.engine == "local":
+                dedupe = Dedupe(index.answered, answers.columns.values() if answers else ())
+                dedupe.answered.update(batch_keys(ledger.rows_path(b.key) for b in ledger.live()))
             if config.batch:
                 from .batch.backend import run_batches  # only for --batch
 
                 async with _image_loader(config, store) as images:
                     with signals_to(stop):
                         aborted, budget, batch_note = await run_batches(config, rows, images, writer, progress, stop, ledger,
-                                                                        target.local)
+                                                                        target.local, dedupe)
             elif config.engine == "ray":
                 from .engine_ray import run_on_ray  # Ray is imported only when it is used
                 with signals_to(stop):
                     aborted, budget = await asyncio.to_thread(run_on_ray, rows, config, writer, progress, stop)
             else:
-                aborted, budget = await _run_local(config, store, rows, writer, progress, stop)
+                aborted, budget = await _run_local(config, store, rows, writer, progress, stop, dedupe)
         finally:
             if planning is not None:
                 planning.stop()
+            if dedupe is not None and dedupe.held:
+                _write_reused(dedupe, writer, progress, index)
             progress.close()
             writer.close()
             target.publish()
@@ -117,7 +125,7 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
 
 
 async def _run_local(config: JobConfig, store: Storage, rows: Iterable[ManifestRow], writer: ResultWriter, progress: Progress,
-                     stop: StopRequest) -> tuple[str | None, str | None]:
+                     stop: StopRequest, dedupe: Dedupe | None = None) -> tuple[str | None, str | None]:
     """The local engine: the worker pool over one aiohttp session and rate limiter. (why it aborted, the --max-cost note)"""
     aborted = None
     limiter = RateLimiter(rpm=config.rpm, tpm=config.tpm)
@@ -129,7 +137,7 @@ async def _run_local(config: JobConfig, store: Storage, rows: Iterable[ManifestR
             stall_timeout=config.stall_timeout, extra_headers=config.extra_headers,
             limiter=limiter, answer_tokens=config.max_tokens,
         )
-        job = CaptionJob(config, images, client, writer, progress, stop)
+        job = CaptionJob(config, images, client, writer, progress, stop, dedupe=dedupe)
         with signals_to(stop):
             try:
                 await run_pool(rows, job.prepare, config.concurrency, progress, send=job.send, stop=stop, grace=config.grace)
@@ -139,6 +147,17 @@ async def _run_local(config: JobConfig, store: Storage, rows: Iterable[ManifestR
             except* (ManifestError, OutputWriteError) as group:  # what finished is still written below
                 raise group.exceptions[0] from None
     return aborted, job.budget_note()
+
+
+def _write_reused(dedupe: Dedupe, writer: ResultWriter, progress: Progress, index: ResumeIndex) -> None:
+    """The held rows, answered by the rows with their image: from the output's earlier runs, then this run's journal."""
+    writer.sync()  # this run's rows, on disk to be read back
+    hashes = {held.image.sha256 for held in dedupe.held}
+    earlier = output_rows(index.files, hashes, dedupe.answer_columns)
+    rows, _ = dedupe.finish(itertools.chain(earlier, journal_rows(writer.journal)))
+    for row in rows:
+        writer.write(row)
+        progress.record(row)
 
 
 async def _dry_run(config: JobConfig) -> RunSummary:
@@ -152,7 +171,7 @@ async def _dry_run(config: JobConfig) -> RunSummary:
         progress = _progress(config, manifest, load_price(config.prices, config.model))
         rows = _rows_to_do(config, manifest, _is_done(config, index), progress.counters)
         async with _image_loader(config, store) as images:
-            return await dry_run(config, manifest, rows, progress, images)
+            return await dry_run(config, manifest, rows, progress, images, index.answered)
 
 
 def _not_in_live_batches(rows: Iterable[ManifestRow], ledger: Ledger, batch: bool) -> Iterable[ManifestRow]:

@@ -45,6 +45,7 @@ class RunSummary:
     budget: str | None = None  # at --max-cost: the cap, what was spent, and the next request's worst case
     retry_errors: bool = True
     skipped_files: int = 0  # a folder's files that are not images
+    reused: int = 0  # rows that reused the answer of a row with the same image and settings
     batches: str | None = None  # --batch: the batches still at the provider, and how to collect them
 
     @property
@@ -59,7 +60,7 @@ class RunSummary:
         errors = f" ({', '.join(f'{t}: {n}' for t, n in sorted(self.error_types.items()))})" if self.error_types else ""
         if self.dry_run:
             fail = f", {self.error} {'row' if self.error == 1 else 'rows'} would fail without a request{errors}" if self.error else ""
-            return (f"dry run in {self.seconds:.1f} s, nothing was sent: would send {self.ok} requests{fail}, "
+            return (f"dry run in {self.seconds:.1f} s, nothing was sent: would send {self.ok - self.reused} requests{fail}, "
                     f"{self.skipped} already done" + "".join(f"\n  {step}" for step in self.next_steps()))
         what = "dry run" if self.dry_run else "aborted" if self.aborted else f"stopped by {self.stopped_by}" if self.stopped_by else "done"
         written = isinstance(self.output, str) or (self.output is not None and self.output.exists())  # a bucket: put by now
@@ -67,6 +68,7 @@ class RunSummary:
         skipped = f", {self.skipped} already done" if self.skipped else ""
         dup = f", {self.duplicates} duplicate ids skipped" if self.duplicates else ""
         dup += f", {self.skipped_files} files that are not images skipped" if self.skipped_files else ""
+        dup += f", {self.reused} answered by a row with the same image (no request)" if self.reused else ""
         limited = f", {self.rate_limited} rate-limited" if self.rate_limited else ""
         return (
             f"{what} in {self.seconds:.1f} s: {self.rows} rows, {self.ok} ok, {self.error} error{errors}{skipped}{dup}, "
@@ -125,6 +127,7 @@ def summarize_run(
         completion_tokens=c.completion_tokens,
         cost_usd=None if progress.unpriced else round(c.cost_usd, 6),
         duplicates=manifest.stats.duplicates,
+        reused=c.reused,
         seconds=progress.elapsed,
         exit_code=code,
         error_types=dict(c.error_types),

@@ -18,18 +18,22 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import write_error
 from .files import is_dataset, journal_path, temporary_path
 from .merge import anchor, merge_journal
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 log = logging.getLogger("pipeline")
 
 
 class ResultWriter:
-    def __init__(self, output: Path, *, sync_seconds: float = 2.0, sync_rows: int = 500):
+    def __init__(self, output: Path, *, sync_seconds: float = 2.0, sync_rows: int = 500, columns: "pa.Schema | None" = None):
         self.output = output
+        self.columns = columns  # the structured answer's column types (--schema)
         self.journal = journal_path(output)
         self._sync_seconds = sync_seconds
         self._sync_rows = sync_rows
@@ -54,7 +58,7 @@ class ResultWriter:
             for leftover in folder.glob(".*.tmp" if is_dataset(self.output) else f".{self.output.name}.*.tmp"):
                 leftover.unlink(missing_ok=True)
             if self.journal.exists():
-                self.rows_recovered = merge_journal(self.output, self.journal)
+                self.rows_recovered = merge_journal(self.output, self.journal, self.columns)
                 if self.rows_recovered:
                     log.info("recovered %d finished rows from an interrupted run into %s", self.rows_recovered, self.output)
             _probe_free_space(self.output)
@@ -129,7 +133,7 @@ class ResultWriter:
             error = write_error(self.journal, e)
         error = error or self._failed
         try:
-            merge_journal(self.output, self.journal)
+            merge_journal(self.output, self.journal, self.columns)
         except OSError as e:
             raise write_error(getattr(e, "filename", None) or self.output, e, "merge the journal into") from None
         if error is not None:

@@ -101,7 +101,7 @@ def test_no_wait_submits_and_exits_then_a_later_run_collects_and_submits_what_is
     first, rows = run(manifest, out, sim, batch_wait=False)
     assert first.exit_code == 0 and rows == {} and "6 rows in 1 batches are at the provider" in first.line()
     with manifest.open("a") as f:  # the manifest grows, as a nightly one does
-        for path in helpers.make_images(tmp_path / "more", 3):
+        for path in helpers.make_images(tmp_path / "more", 3, size=(41, 30)):  # new images, not twins of the first ones
             f.write(f"more/{path.name}\n")
     time.sleep(0.7)
     second, rows = run(manifest, out, sim)

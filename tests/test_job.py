@@ -157,7 +157,7 @@ def test_auth_failure_aborts_at_once_and_keeps_finished_rows(simulator, tmp_path
     simulator.configure(fault_script=["ok", "ok", "401"])
     image = make_images(tmp_path, 1)[0]
     manifest = write_csv(tmp_path / "m.csv", [(f"r{i}", image.name) for i in range(5)])
-    summary, rows = run(simulator, manifest, tmp_path, concurrency=1)
+    summary, rows = run(simulator, manifest, tmp_path, concurrency=1, dedupe=False)  # one request per id, not per image
     assert summary.exit_code == 3 and summary.aborted
     assert [rows[f"r{i}"]["status"] for i in range(3)] == ["ok", "ok", "error"]
     assert rows["r2"]["error_type"] == "auth_failed" and "API key" in rows["r2"]["error"]

@@ -112,7 +112,7 @@ def test_a_merge_holds_one_chunk_of_the_journal_at_a_time(tmp_path, monkeypatch)
     monkeypatch.setattr(merge_module, "JOURNAL_CHUNK_ROWS", 3)
     tables_built = []
     rows_to_table = merge_module.rows_to_table
-    monkeypatch.setattr(merge_module, "rows_to_table", lambda rows: tables_built.append(len(rows)) or rows_to_table(rows))
+    monkeypatch.setattr(merge_module, "rows_to_table", lambda rows, typed=None: tables_built.append(len(rows)) or rows_to_table(rows, typed))
     out = tmp_path / "out.parquet"
     writer = ResultWriter(out).open()
     for i in range(10):

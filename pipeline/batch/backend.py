@@ -17,6 +17,7 @@ from typing import Iterable
 import aiohttp
 
 from ..config import JobConfig
+from ..dedupe import Dedupe
 from ..cost import Budget, budget_note, load_price, worst_case_cost
 from ..errors import APIConnectionError, APIError, APITimeoutError, RunAborted, ServerError
 from ..images import ImageLoader
@@ -143,12 +144,13 @@ class BatchRun:
 
 async def run_batches(config: JobConfig, rows: Iterable[ManifestRow], images: ImageLoader, writer: ResultWriter,
                       progress: Progress, stop: StopRequest, ledger: Ledger,
-                      output: Path | None = None) -> tuple[str | None, str | None, str | None]:
+                      output: Path | None = None, dedupe: Dedupe | None = None) -> tuple[str | None, str | None, str | None]:
     """The batch backend's run: (why it aborted, the --max-cost note, the batches still at the provider)."""
     aborted = None
     async with aiohttp.ClientSession() as session:
         run = BatchRun(config, ledger, writer, progress, stop, session, output)
-        job = CaptionJob(config, images, None, writer, progress, stop, encode=batch_encoder(config))  # prepares only
+        job = CaptionJob(config, images, None, writer, progress, stop, encode=batch_encoder(config),
+                     dedupe=dedupe)  # prepares only
         exporting = config.batch_api == "file"  # pipeline batch export: recorded, never sent
         packer = Packer(config, ledger, None if exporting else run.submit, run.reserve, config.batch_api)
         heartbeat = asyncio.create_task(progress.heartbeat())

@@ -21,6 +21,7 @@ from ..hashedset import HashedSet
 from ..outputs import Output
 from ..progress import Progress
 from ..records import ManifestRow, PreparedImage
+from ..structured import InvalidOutputError, answer_schema
 from ..results import OutputRow, error_row, ok_row
 from ..usage import billed_usage
 from ..writer import ResultWriter
@@ -83,14 +84,22 @@ def write_rows(rows: Iterator[dict[str, Any]], results: dict[str, LineResult], c
 def output_row(meta: dict[str, Any], result: LineResult, config: JobConfig, price: Price | None) -> OutputRow:
     row = ManifestRow(meta["line"], meta["id"], meta["image"], meta["source"], meta.get("prompt"), meta.get("extra") or {})
     image = PreparedImage(url=b"", **meta["img"])
+    answers = answer_schema(config)
+    columns = dict.fromkeys(answers.columns.values()) if answers is not None else None
+    error = result.error
     if result.completion is not None:
         completion = result.completion
-        return ok_row(row, image, completion, attempts=1, latency_ms=None, fingerprint=meta["fp"],
-                      cost_usd=row_cost(price, billed_usage(completion.usage)))
-    error = result.error
+        cost = row_cost(price, billed_usage(completion.usage))
+        try:
+            if answers is not None:
+                columns = answers.read(completion)
+            return ok_row(row, image, completion, attempts=1, latency_ms=None, fingerprint=meta["fp"], cost_usd=cost, columns=columns)
+        except InvalidOutputError as e:  # not asked again here: an error row, which the next run sends again
+            return error_row(row, e, message=config.redact(str(e)), attempts=1, model=config.model, fingerprint=meta["fp"],
+                             cost_usd=cost, image=image, columns=dict.fromkeys(columns))
     cost = row_cost(price, billed_usage(error.usage)) if isinstance(error, AnswerError) else None
     return error_row(row, error, message=config.redact(str(error)), attempts=1, model=config.model, fingerprint=meta["fp"],
-                     cost_usd=cost, image=image)
+                     cost_usd=cost, image=image, columns=columns)
 
 
 def _written_since(output: Path, since: float) -> HashedSet:

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
 # Body keys recorded on their own; any other top-level key is listed under "extra".
-_RECORDED_KEYS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "temperature"})
+_RECORDED_KEYS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "temperature",
+                            "response_format"})
 _SECRET_HEADER = re.compile(r"key|token|secret|auth|cookie|password", re.IGNORECASE)
 _URL_IN_MESSAGE = 60  # how much of an image URL an error message quotes
 
@@ -49,6 +50,7 @@ class ChatRequest:
     max_tokens: int | None  # max_tokens, else max_completion_tokens
     stream: bool
     include_usage: bool
+    response_format: Any  # as sent; structured.response_format_schema reads it
     summary: dict[str, Any]  # what stats()["bodies"] keeps, but the headers
 
 
@@ -100,6 +102,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
         "model": model, "max_tokens": body.get("max_tokens"), "max_completion_tokens": body.get("max_completion_tokens"),
         "text": next(iter(by_role["user"]), None), "stream": body.get("stream"), "stream_options": body.get("stream_options"),
         "temperature": body.get("temperature"), "detail": images[0].get("detail"), "system": system,
-        "extra": sorted(set(body) - _RECORDED_KEYS),
+        "extra": sorted(set(body) - _RECORDED_KEYS), "response_format": body.get("response_format"),
     }
-    return ChatRequest(model, images[0]["url"], texts, max_tokens, stream, bool(options.get("include_usage")), summary)
+    return ChatRequest(model, images[0]["url"], texts, max_tokens, stream, bool(options.get("include_usage")),
+                       body.get("response_format"), summary)

@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-fault", choices=BATCH_FAULTS, default=default.batch_fault,
         help="expire: answer half of each batch and expire the rest; fail_validation: reject every batch at validation")
     add("--batch-break-download", action="store_true", help="cut the first download of every batch result file off midway")
+    add("--ignore-response-format", action="store_true",
+        help="ignore response_format, as Anthropic's OpenAI layer does: prose, or fenced JSON when the prompt spells out a schema")
+    add("--invalid-answers", type=int, default=0, metavar="N", help="the first N structured answers to each image break the schema")
     add("--image-dir", default=None, metavar="DIR", help="serve the files in DIR at /_sim/files/PATH (test images are always at /_sim/images/WxH.png)")
     return parser
 

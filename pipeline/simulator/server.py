@@ -38,6 +38,7 @@ from pipeline.simulator.batches import BatchEngine, OpenAIBatches
 from pipeline.simulator.dialects import ANSWER_FAULTS, play_answer, play_fault_dialect, rename_like_a_gateway, stream_error_frame
 from pipeline.simulator.limits import Limits, SlidingWindow, limit_error, retry_headers
 from pipeline.simulator.message_batches import MessageBatches
+from pipeline.simulator.structured import response_format_schema, schema_in_prompt, structured_answer
 from pipeline.simulator.request import BadRequest, ChatRequest, parse_chat_request, recorded_headers, url_timeout
 from pipeline.simulator.settings import DEFAULT_MODEL, MALFORMED_VARIANTS, MAX_BODY_BYTES, SimulatorSettings, SimulatorStats, pick_fault
 from pipeline.simulator.stream import STREAM_FAULTS, SSEWriter, completion_chunks, error_payload
@@ -155,8 +156,10 @@ class Simulator:
         # The request is read before the latency is waited out, not after: a provider's latency runs from
         # the request to its answer, its own work included. Otherwise the simulator's CPU per request
         # (one core, answering waves of requests in turn) would add to every latency a client sees.
+        schema = None
         try:
             chat: ChatRequest | Exception = parse_chat_request(await request.json())
+            schema = response_format_schema(chat.response_format)
         except (ValueError, BadRequest) as exc:  # ValueError includes JSONDecodeError and UnicodeDecodeError
             chat = exc
         delay = settings.latency + self._jitter_rng.uniform(-settings.jitter, settings.jitter) - (loop.time() - arrived)
@@ -193,6 +196,8 @@ class Simulator:
         counts = self.stats.images.setdefault(image_key(chat.image_url), {"requests": 0, "ok": 0})
         nth = counts["requests"]
         counts["requests"] += 1
+        if nth:
+            self.stats.repeat_images += 1  # the same image (bytes or URL) sent before: a retry, or a twin under another id
         fault = pick_fault(self.settings, self._fault_rng, nth)
         if fault in STREAM_FAULTS and not chat.stream:
             fault = "reset" if fault == "truncated" else None  # a body cut short; the rest need a stream
@@ -202,6 +207,10 @@ class Simulator:
             width, height, caption = seen or await self._look(chat)
         except BadRequest as exc:
             return bad_request_response(exc, headers)
+        if self.settings.ignore_response_format:
+            schema = None
+        if (asked := schema or schema_in_prompt(chat.texts)) is not None:
+            caption = structured_answer(asked, caption, invalid=nth < self.settings.invalid_answers, chatty=schema is None)
         caption, finish_reason = fit_caption(caption, chat.max_tokens)
         usage = count_usage(width, height, chat.texts, caption)
         completion = completion_body(n, chat.model, caption, finish_reason, usage)

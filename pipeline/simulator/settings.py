@@ -79,6 +79,9 @@ class SimulatorSettings:
     batch_finalizing_seconds: float = 0.0
     batch_fault: str = ""  # one of BATCH_FAULTS: "" none, "expire" half the lines, "fail_validation"
     batch_break_download: bool = False  # the first download of each result file breaks off midway
+    # Structured answers (structured.py): play a provider that ignores response_format; break the first N answers per image.
+    ignore_response_format: bool = False
+    invalid_answers: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.fault_script, str):
@@ -112,6 +115,8 @@ class SimulatorSettings:
             raise ValueError(f"batch_fault must be one of {', '.join(repr(f) for f in BATCH_FAULTS)}")
         if min(self.batch_seconds, self.batch_finalizing_seconds) < 0:
             raise ValueError("batch_seconds and batch_finalizing_seconds cannot be negative")
+        if isinstance(self.invalid_answers, bool) or not isinstance(self.invalid_answers, int) or self.invalid_answers < 0:
+            raise ValueError("invalid_answers must be a whole number, 0 for none")
         if self.limit_headers not in LIMIT_HEADER_FORMS:
             raise ValueError(f"limit_headers must be one of {', '.join(LIMIT_HEADER_FORMS)}")
         self.image_dir = self.image_dir or None
@@ -146,6 +151,7 @@ class SimulatorStats:
         self.faults: Counter[str] = Counter()  # injected faults by kind
         self.rate_limited = 0  # 429s from rpm_limit / tpm_limit (not counted in faults)
         self.images: dict[str, dict[str, int]] = {}  # image_key -> {"requests", "ok"}
+        self.repeat_images = 0  # requests for an image sent before: retries, and twins a client that dedupes never sends
         self.bodies: deque[dict[str, Any]] = deque(maxlen=KEPT_BODIES)
         self.connections: set[int] = set()  # the TCP connections chat requests came on (a client that reuses them shows few)
         self.batches: Counter[str] = Counter()  # files_uploaded, batches_created, lines, downloads, broken_downloads, cancelled
@@ -159,6 +165,7 @@ class SimulatorStats:
             "faults": dict(self.faults),
             "rate_limited": self.rate_limited,
             "images": {key: dict(counts) for key, counts in self.images.items()},
+            "repeat_images": self.repeat_images,
             "bodies": list(self.bodies),
             "connections": len(self.connections),
             "batches": {k: v for k, v in self.batches.items() if not k.startswith("download:")},

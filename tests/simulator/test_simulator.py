@@ -376,9 +376,9 @@ def test_control_endpoints(simulator):
     assert status == 200 and configured["settings"]["fault_script"] == ["429", "ok"]
     assert refused == 400
     assert stats["requests"] == 1 and stats["by_status"] == {"429": 1}
-    assert set(stats) == {"requests", "in_flight", "peak_in_flight", "by_status", "faults", "rate_limited", "images", "bodies", "connections", "batches"}
+    assert set(stats) == {"requests", "in_flight", "peak_in_flight", "by_status", "faults", "rate_limited", "images", "bodies", "connections", "batches", "repeat_images"}
     assert after_reset == {"requests": 0, "in_flight": 0, "peak_in_flight": 0, "by_status": {}, "faults": {}, "rate_limited": 0,
-                           "images": {}, "bodies": [], "connections": 0, "batches": {}}
+                           "images": {}, "bodies": [], "connections": 0, "batches": {}, "repeat_images": 0}
     assert post(simulator)[0] == 429  # the script starts over after a reset
 
 
@@ -732,10 +732,10 @@ def test_each_request_is_recorded_with_its_options_and_x_headers(simulator):
     assert recorded == {
         "model": "test-model", "max_tokens": None, "max_completion_tokens": 300, "text": PROMPT, "stream": True,
         "stream_options": {"include_usage": True}, "temperature": 0.2, "detail": "low", "system": SYSTEM, "extra": ["n", "seed"],
-        "headers": {"x-trace-id": "abc", "x-api-key": "***", "x-stainless-retry-count": "0"},
+        "response_format": None, "headers": {"x-trace-id": "abc", "x-api-key": "***", "x-stainless-retry-count": "0"},
     }
     assert bare == {"model": "m", "max_tokens": None, "max_completion_tokens": None, "text": None, "stream": None, "stream_options": None,
-                    "temperature": None, "detail": None, "system": None, "extra": [], "headers": {}}
+                    "temperature": None, "detail": None, "system": None, "extra": [], "response_format": None, "headers": {}}
     assert "sk-" not in json.dumps(simulator.stats())
 
 
