@@ -15,7 +15,7 @@ import pytest
 
 import helpers
 from pipeline.providers import structured_mode
-from pipeline.structured import first_json_object, is_strict
+from pipeline.structured import SCHEMA_MARKER, first_json_object, is_strict
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-structured-test-3e9a"
@@ -214,3 +214,17 @@ def _messages():
     import base64
     url = "data:image/jpeg;base64," + base64.b64encode((ROOT / "sample_data" / "chelsea.jpg").read_bytes()).decode()
     return [{"role": "user", "content": [{"type": "text", "text": "Annotate it."}, {"type": "image_url", "image_url": {"url": url}}]}]
+
+
+def test_the_dry_run_says_how_the_schema_is_sent_and_counts_its_tokens(simulator, tmp_path, schema_file, capsys):
+    manifest = helpers.image_manifest(tmp_path, 2)
+    estimates = {}
+    for model in (GPT, "claude-sonnet-4-20250514"):
+        summary, _ = run(manifest, tmp_path / "out.parquet", simulator, schema_file, model=model, dry_run=True, schema_mode="auto")
+        estimates[model] = summary.estimated_input_tokens
+        printed = capsys.readouterr().out
+        assert "tags, objects, camera, quality" in printed
+    assert "sent in the prompt" in printed and SCHEMA_MARKER in printed  # the example body shows the prompt sent
+    bare, _ = helpers.caption(manifest, tmp_path / "out.parquet", simulator.base_url, KEY, model="claude-sonnet-4-20250514", dry_run=True)
+    assert estimates["claude-sonnet-4-20250514"] > bare.estimated_input_tokens + 100  # the schema in the prompt is paid for
+    assert simulator.stats()["requests"] == 0
