@@ -44,7 +44,7 @@ class Dedupe:
         """True when the row's answer is another row's: it is kept to be written by `finish`, not sent."""
         if image.sha256 is None:  # a URL sent as it is: its bytes are the provider's to see
             return False
-        key = (image.sha256, fingerprint)
+        key = image.sha256 + fingerprint  # as the resume index joins them
         if key in self.answered or not self.sent.add(key):
             self.held.append(Held(row, image, fingerprint))
             return True
@@ -89,7 +89,7 @@ def output_rows(files: list[Any], wanted_hashes: set[str], columns: Iterable[str
             yield from table.filter(pc.fill_null(pc.is_in(table.column("image_sha256"), value_set=value_set), False)).to_pylist()
 
 
-def batch_keys(rows_files: Iterable[Path]) -> Iterator[tuple[str, str]]:
+def batch_keys(rows_files: Iterable[Path]) -> Iterator[str]:
     """The keys of the rows in live provider batches: their answers are on the way, so their twins wait too."""
     for path in rows_files:
         try:
@@ -97,6 +97,6 @@ def batch_keys(rows_files: Iterable[Path]) -> Iterator[tuple[str, str]]:
                 for line in f:
                     meta = json.loads(line)
                     if (meta.get("img") or {}).get("sha256") and meta.get("fp"):
-                        yield meta["img"]["sha256"], meta["fp"]
+                        yield meta["img"]["sha256"] + meta["fp"]
         except (OSError, ValueError):
             continue

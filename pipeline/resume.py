@@ -62,7 +62,7 @@ class ResumeIndex:
         self._ok = HashedSet(expected)  # (id, fingerprint) of the ok rows with no file stat (URLs, older outputs)
         self._ok_files = HashedSet(expected)  # (id, fingerprint, size, mtime_ns) of the ok rows of local files
         self._failed = None if retry_errors else HashedSet()  # ids of the error rows, skipped only with retry_errors off
-        self.answered = HashedSet(expected)  # (image_sha256, fingerprint) of the ok rows: what dedupe.py reuses
+        self.answered = HashedSet(expected)  # dedupe.key(image_sha256, fingerprint) of the ok rows: what dedupe.py reuses
         self.files: list[pq.ParquetFile] = []  # the output's Parquet files, oldest first (dedupe reads answers from them)
         self.rows_in_output = 0
 
@@ -109,8 +109,9 @@ class ResumeIndex:
                 done = done.filter(pc.invert(stat))
             self._ok.update(zip(done.column("id").to_pylist(), done.column("fingerprint").to_pylist()))
         if "image_sha256" in table.column_names and "fingerprint" in table.column_names:
-            sent = table.filter(pc.and_(ok, pc.and_(pc.is_valid(table.column("image_sha256")), pc.is_valid(table.column("fingerprint")))))
-            self.answered.update(zip(sent.column("image_sha256").to_pylist(), sent.column("fingerprint").to_pylist()))
+            answered = table.filter(ok)  # (not pc.binary_join_element_wise: its separator scalar imports pandas too)
+            self.answered.update(sha + fp for sha, fp in zip(answered.column("image_sha256").to_pylist(),
+                                                              answered.column("fingerprint").to_pylist()) if sha and fp)
         if self._failed is not None:
             not_ok = pc.or_kleene(pc.invert(ok), pc.is_null(ok))  # not pc.fill_null(ok, False), for the same reason
             self._failed.update(table.filter(not_ok).column("id").to_pylist())
