@@ -228,3 +228,41 @@ def test_the_dry_run_says_how_the_schema_is_sent_and_counts_its_tokens(simulator
     bare, _ = helpers.caption(manifest, tmp_path / "out.parquet", simulator.base_url, KEY, model="claude-sonnet-4-20250514", dry_run=True)
     assert estimates["claude-sonnet-4-20250514"] > bare.estimated_input_tokens + 100  # the schema in the prompt is paid for
     assert simulator.stats()["requests"] == 0
+
+
+SAMPLES = ROOT / "tests" / "fixtures" / "provider-samples"
+TAGS = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}, "required": ["tags"]}
+
+
+def _sample_completions():
+    from pipeline.errors import PipelineError
+    from pipeline.response import parse_completion
+    from test_provider_samples import stream
+
+    for path in sorted(SAMPLES.iterdir()):
+        try:
+            yield path.name, parse_completion(path.read_bytes()) if path.suffix == ".json" else stream(path.name)
+        except (PipelineError, ValueError):
+            continue  # an error body or a refusal: never a completion, so never a row to read
+
+
+def test_no_real_providers_prose_answer_becomes_an_ok_row_under_a_schema():
+    from pipeline.structured import AnswerSchema, InvalidOutputError
+
+    answers = AnswerSchema(TAGS, "prompt")
+    read = list(_sample_completions())
+    assert len(read) >= 10  # plain and streamed answers of every provider
+    for name, completion in read:
+        with pytest.raises(InvalidOutputError):
+            answers.read(completion)
+            pytest.fail(f"{name}: {completion.caption!r} read as a structured answer")
+
+
+def test_json_in_a_think_block_is_not_taken_for_the_answer():
+    from pipeline.response import parse_completion
+    from pipeline.structured import AnswerSchema
+
+    sample = json.loads((SAMPLES / "vllm_think_inline.json").read_text())
+    sample["choices"][0]["message"]["content"] = '<think>Draft: {"tags": ["draft"]}. Better:</think>\n{"tags": ["cat", "sofa"]}'
+    columns = AnswerSchema(TAGS, "response_format").read(parse_completion(json.dumps(sample).encode()))
+    assert columns == {"tags": ["cat", "sofa"]}
