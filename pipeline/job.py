@@ -102,13 +102,13 @@ class CaptionJob:
             self.refused = max(self.refused or 0.0, worst_case)
             self.stop("max-cost", f" ({self.budget_note()})")
             return
-        held = [worst_case]  # one worst case per time the row is asked (an invalid answer asks again)
+        reserved = [worst_case]  # one worst case per time the row is asked (an invalid answer asks again)
         try:
-            result, error = await self._send(ready, held)
+            result, error = await self._send(ready, reserved)
         except BaseException:
-            self.budget.settle(sum(held), sum(held))  # cancelled in flight: it may still be billed
+            self.budget.settle(sum(reserved), sum(reserved))  # cancelled in flight: it may still be billed
             raise
-        self.budget.settle(sum(held), result["cost_usd"] or 0.0)
+        self.budget.settle(sum(reserved), result["cost_usd"] or 0.0)
         self._finish(result, error)
 
     def _finish(self, result: OutputRow, error: PipelineError | None) -> None:
@@ -116,7 +116,7 @@ class CaptionJob:
         self.progress.record(result)
         self.failures.check(error, result["error"] or "")
 
-    async def _send(self, ready: ReadyRequest, held: list[float]) -> tuple[OutputRow, PipelineError | None]:
+    async def _send(self, ready: ReadyRequest, reserved: list[float]) -> tuple[OutputRow, PipelineError | None]:
         row, image, fingerprint = ready.row, ready.image, ready.fingerprint
         attempts = 0
         started = time.monotonic()
@@ -135,9 +135,9 @@ class CaptionJob:
 
         invalid: InvalidOutputError | None = None
         for ask in range(1 + (self.config.max_invalid if self.answers is not None else 0)):
-            if ask and not self.budget.reserve(held[0]):
+            if ask and not self.budget.reserve(reserved[0]):
                 break  # --max-cost has no room to ask again: the invalid answer is the row's
-            held += [held[0]] if ask else []
+            reserved += [reserved[0]] if ask else []
             try:
                 completion = await self.retry.run(attempt)
             except APIError as e:
