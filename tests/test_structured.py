@@ -266,3 +266,12 @@ def test_json_in_a_think_block_is_not_taken_for_the_answer():
     sample["choices"][0]["message"]["content"] = '<think>Draft: {"tags": ["draft"]}. Better:</think>\n{"tags": ["cat", "sofa"]}'
     columns = AnswerSchema(TAGS, "response_format").read(parse_completion(json.dumps(sample).encode()))
     assert columns == {"tags": ["cat", "sofa"]}
+
+
+def test_a_provider_that_ignores_the_format_stops_the_run_before_it_burns_the_manifest(simulator, tmp_path, schema_file):
+    simulator.configure(ignore_response_format=True)
+    manifest = helpers.image_manifest(tmp_path, 8)
+    summary, rows = run(manifest, tmp_path / "out.parquet", simulator, schema_file, schema_mode="response_format",
+                        concurrency=1, max_invalid=1)
+    assert summary.exit_code == 3 and "setup looks wrong" in summary.aborted
+    assert len(rows) == 3 and simulator.stats()["requests"] == 6  # three rows, each asked twice; five never sent
