@@ -57,24 +57,25 @@ def fingerprinter(config: JobConfig) -> Callable[[str], str]:
 class ResumeIndex:
     """What the output holds, read with pyarrow a batch at a time and kept as hashes (see HashedSet)."""
 
-    def __init__(self, retry_errors: bool = True, expected: int = 0, store: Storage | None = None):
+    def __init__(self, retry_errors: bool = True, expected: int = 0, store: Storage | None = None, answered: bool = True):
         self._store = store
         self._ok = HashedSet(expected)  # (id, fingerprint) of the ok rows with no file stat (URLs, older outputs)
         self._ok_files = HashedSet(expected)  # (id, fingerprint, size, mtime_ns) of the ok rows of local files
         self._failed = None if retry_errors else HashedSet()  # ids of the error rows, skipped only with retry_errors off
-        self.answered = HashedSet(expected)  # dedupe.key(image_sha256, fingerprint) of the ok rows: what dedupe.py reuses
+        self.answered = HashedSet(expected if answered else 0)  # dedupe.key(image_sha256, fingerprint) of the ok rows: what dedupe.py reuses
+        self._keep_answered = answered  # off with --no-dedupe: about a second per million output rows saved
         self.files: list[pq.ParquetFile] = []  # the output's Parquet files, oldest first (dedupe reads answers from them)
         self.rows_in_output = 0
 
     @classmethod
-    def load(cls, output: Path, *, retry_errors: bool = True, store: Storage | None = None,
+    def load(cls, output: Path, *, retry_errors: bool = True, store: Storage | None = None, answered: bool = True,
              remote: "RemoteDataset | None" = None) -> "ResumeIndex":
         """Index the output and any journal a killed run left beside it (read only); `store` stats objects in buckets.
 
         `remote`: a bucket dataset whose parts are read too (`output` is then its staging folder)."""
         paths = (remote.parts() if remote is not None else []) + stored_files(output)  # oldest first
         files = [remote.open(path) if isinstance(path, str) else _open_output(path) for path in paths]
-        index = cls(retry_errors, expected=sum(f.metadata.num_rows for f in files), store=store)
+        index = cls(retry_errors, expected=sum(f.metadata.num_rows for f in files), store=store, answered=answered)
         index.files = files
         journal = journal_path(output)
         rows = [tuple(r.get(name) for name in INDEX_COLUMNS) for r in read_journal(journal)] if journal.exists() else []
@@ -108,7 +109,7 @@ class ResumeIndex:
                 self._ok_files.update(zip(*(files.column(c).to_pylist() for c in _FILE_KEY)))
                 done = done.filter(pc.invert(stat))
             self._ok.update(zip(done.column("id").to_pylist(), done.column("fingerprint").to_pylist()))
-        if "image_sha256" in table.column_names and "fingerprint" in table.column_names:
+        if self._keep_answered and "image_sha256" in table.column_names and "fingerprint" in table.column_names:
             answered = table.filter(ok)  # (not pc.binary_join_element_wise: its separator scalar imports pandas too)
             self.answered.update(sha + fp for sha, fp in zip(answered.column("image_sha256").to_pylist(),
                                                               answered.column("fingerprint").to_pylist()) if sha and fp)

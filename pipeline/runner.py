@@ -88,7 +88,7 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
         planning = None
         try:
             index = ResumeIndex() if config.redo else ResumeIndex.load(target.local, retry_errors=config.retry_errors,
-                                                                         store=store, remote=target.remote)
+                                                                         answered=config.dedupe, store=store, remote=target.remote)
             is_done = _is_done(config, index)
             rows = _rows_to_do(config, manifest, is_done, progress.counters)
             planning = await plan.start(config, manifest, is_done, progress, index.rows_in_output, rows)
@@ -167,7 +167,7 @@ async def _dry_run(config: JobConfig) -> RunSummary:
         manifest = open_manifest(config.manifest, config.image_column, config.id_column, store)
         target = Target(config.output, store)
         index = ResumeIndex() if config.redo else ResumeIndex.load(target.local, retry_errors=config.retry_errors,
-                                                                     store=store, remote=target.remote)
+                                                                     answered=config.dedupe, store=store, remote=target.remote)
         progress = _progress(config, manifest, load_price(config.prices, config.model))
         rows = _rows_to_do(config, manifest, _is_done(config, index), progress.counters)
         async with _image_loader(config, store) as images:
