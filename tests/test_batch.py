@@ -38,6 +38,16 @@ def start(manifest, out, base_url, *args):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def started_and_submitted(manifest, out, base_url):
+    """A `--batch` run in a process of its own, once its ledger records a submitted batch."""
+    process = start(manifest, out, base_url)
+    deadline = time.monotonic() + 30
+    while not any(e["event"] == "submitted" for e in events(out)):
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read() if process.poll() is not None else "no submit"
+        time.sleep(0.02)
+    return process
+
+
 def events(out):
     path = batches_path(out) / "ledger.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -68,11 +78,7 @@ def test_kill_9_while_a_batch_runs_then_the_rerun_collects_it_without_submitting
     sim.configure(batch_seconds=3.0)
     manifest = helpers.image_manifest(tmp_path, 8)
     out = tmp_path / "out.parquet"
-    process = start(manifest, out, sim.base_url)
-    deadline = time.monotonic() + 30
-    while not any(e["event"] == "submitted" for e in events(out)):
-        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read() if process.poll() is not None else "no submit"
-        time.sleep(0.02)
+    process = started_and_submitted(manifest, out, sim.base_url)
     process.send_signal(signal.SIGKILL)
     process.wait()
     sim.configure(batch_seconds=0.2)
@@ -342,11 +348,7 @@ def test_sigterm_while_waiting_exits_143_at_once_and_leaves_the_batch_to_the_nex
     sim.configure(batch_seconds=30)
     manifest = helpers.image_manifest(tmp_path, 3)
     out = tmp_path / "out.parquet"
-    process = start(manifest, out, sim.base_url)
-    deadline = time.monotonic() + 30
-    while not any(e["event"] == "submitted" for e in events(out)):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.02)
+    process = started_and_submitted(manifest, out, sim.base_url)
     stopped_at = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
