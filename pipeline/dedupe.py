@@ -1,7 +1,7 @@
 """Each image paid once: a row whose prepared image and request settings equal another row's reuses that row's answer.
 
-The key is (image_sha256, fingerprint): the same bytes sent with the same prompt, model and settings. The keys of
-the output's ok rows come with the resume index and this run's keys join as rows are sent, each kept as a
+The key is image_sha256 + fingerprint (`twin_key`): the same bytes sent with the same prompt, model and
+settings. The keys of the output's ok rows come with the resume index and this run's keys join as rows are sent, each kept as a
 64-bit hash (HashedSet), so a million-row manifest costs a few MB. A row whose key is known is held back
 (its id and image columns, no pixels) and written when the run's requests are done, with the answer of the row
 that had the key: status ok, attempts 0, cost 0, `reused_from` naming that row. One pass over this run's journal
@@ -26,6 +26,11 @@ log = logging.getLogger("pipeline")
 ANSWER_COLUMNS = ("status", "caption", "model", "finish_reason", "error_type", "error")
 
 
+def twin_key(sha256: str, fingerprint: str) -> str:
+    """The one key for "the same bytes asked the same way", wherever it is made (here, resume.py, dryrun.py)."""
+    return sha256 + fingerprint
+
+
 @dataclass(slots=True)
 class Held:
     row: ManifestRow
@@ -44,7 +49,7 @@ class Dedupe:
         """True when the row's answer is another row's: it is kept to be written by `finish`, not sent."""
         if image.sha256 is None:  # a URL sent as it is: its bytes are the provider's to see
             return False
-        key = image.sha256 + fingerprint  # as the resume index joins them
+        key = twin_key(image.sha256, fingerprint)
         if key in self.answered or not self.sent.add(key):
             self.held.append(Held(row, image, fingerprint))
             return True
@@ -52,14 +57,16 @@ class Dedupe:
 
     def finish(self, sources: Iterable[dict[str, Any]]) -> tuple[list[OutputRow], int]:
         """The held rows whose source has a row in `sources` (newest last), and how many are left to do."""
-        wanted = {(h.image.sha256, h.fingerprint) for h in self.held}
-        found: dict[tuple[str, str], dict[str, Any]] = {}
+        wanted = {twin_key(h.image.sha256, h.fingerprint) for h in self.held}
+        found: dict[str, dict[str, Any]] = {}
         for source in sources:
-            key = (source.get("image_sha256"), source.get("fingerprint"))
+            if not (source.get("image_sha256") and source.get("fingerprint")):
+                continue
+            key = twin_key(source["image_sha256"], source["fingerprint"])
             if key in wanted and (key not in found or found[key]["status"] != "ok"):  # an ok answer wins over an error
                 found[key] = {name: source.get(name) for name in ("id", *ANSWER_COLUMNS, *self.answer_columns)}
         rows = [reused_row(h.row, h.image, h.fingerprint, found[key]) for h in self.held
-                if (key := (h.image.sha256, h.fingerprint)) in found]
+                if (key := twin_key(h.image.sha256, h.fingerprint)) in found]
         left = len(self.held) - len(rows)
         if left:
             log.info("%d rows with the same image as a row not answered yet are left for the next run", left)
@@ -97,6 +104,6 @@ def batch_keys(rows_files: Iterable[Path]) -> Iterator[str]:
                 for line in f:
                     meta = json.loads(line)
                     if (meta.get("img") or {}).get("sha256") and meta.get("fp"):
-                        yield meta["img"]["sha256"] + meta["fp"]
+                        yield twin_key(meta["img"]["sha256"], meta["fp"])
         except (OSError, ValueError):
             continue

@@ -16,6 +16,7 @@ from .errors import ConfigError, ImageError, ManifestRowError
 from .estimate import estimate_input_tokens
 from .images import ImageLoader
 from .files import journal_path
+from .dedupe import twin_key
 from .hashedset import HashedSet
 from .manifest import Manifest
 from .outputs import Output
@@ -56,7 +57,7 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
                   answered: HashedSet | None = None) -> RunSummary:
     """Read and check every row and image the run would send; send nothing; say what would be sent.
 
-    `answered`: the (image_sha256, fingerprint) keys the output has answers for (dedupe.py)."""
+    `answered`: the twin keys (dedupe.twin_key) the output has answers for."""
     invalid: list[str] = []
     example: list[dict[str, Any]] = []
     input_tokens = 0
@@ -79,9 +80,9 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
         nonlocal input_tokens, unknown_size, twin_tokens
         sent_prompt = answers.instruct(row.prompt or config.prompt) if answers is not None else row.prompt or config.prompt
         tokens = estimate_input_tokens(config, image, sent_prompt)
-        key = (image.sha256, fingerprint(row.prompt or config.prompt))
-        if config.dedupe and image.sha256 is not None and (key in answered or not seen.add(key)):
-            progress.record({"status": "ok", "reused_from": key[0]})
+        key = twin_key(image.sha256, fingerprint(row.prompt or config.prompt)) if image.sha256 is not None else None
+        if config.dedupe and key is not None and (key in answered or not seen.add(key)):
+            progress.record({"status": "ok", "reused_from": image.sha256})
             twin_tokens += tokens
             return
         progress.record({"status": "ok"})

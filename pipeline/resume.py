@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from .config import JobConfig
 from .options import ALWAYS, IF_CHANGED, declared
+from .dedupe import twin_key
 from .hashedset import HashedSet
 from .dataset import stored_files
 from .files import journal_path, not_our_output
@@ -62,7 +63,7 @@ class ResumeIndex:
         self._ok = HashedSet(expected)  # (id, fingerprint) of the ok rows with no file stat (URLs, older outputs)
         self._ok_files = HashedSet(expected)  # (id, fingerprint, size, mtime_ns) of the ok rows of local files
         self._failed = None if retry_errors else HashedSet()  # ids of the error rows, skipped only with retry_errors off
-        self.answered = HashedSet(expected if answered else 0)  # dedupe.key(image_sha256, fingerprint) of the ok rows: what dedupe.py reuses
+        self.answered = HashedSet(expected if answered else 0)  # dedupe.twin_key of the ok rows: what dedupe.py reuses
         self._keep_answered = answered  # off with --no-dedupe: about a second per million output rows saved
         self.files: list[pq.ParquetFile] = []  # the output's Parquet files, oldest first (dedupe reads answers from them)
         self.rows_in_output = 0
@@ -111,7 +112,7 @@ class ResumeIndex:
             self._ok.update(zip(done.column("id").to_pylist(), done.column("fingerprint").to_pylist()))
         if self._keep_answered and "image_sha256" in table.column_names and "fingerprint" in table.column_names:
             answered = table.filter(ok)  # (not pc.binary_join_element_wise: its separator scalar imports pandas too)
-            self.answered.update(sha + fp for sha, fp in zip(answered.column("image_sha256").to_pylist(),
+            self.answered.update(twin_key(sha, fp) for sha, fp in zip(answered.column("image_sha256").to_pylist(),
                                                               answered.column("fingerprint").to_pylist()) if sha and fp)
         if self._failed is not None:
             not_ok = pc.or_kleene(pc.invert(ok), pc.is_null(ok))  # not pc.fill_null(ok, False), for the same reason

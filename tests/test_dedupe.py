@@ -107,3 +107,16 @@ def test_twins_in_batch_mode_go_in_one_line_and_are_written_when_it_is_collected
     second, rows = run(manifest, out, simulator, batch=True, batch_poll=0.05)
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows.values())
     assert simulator.stats()["batches"]["lines"] == 3 and second.reused == 3  # one line per distinct image, in all
+
+
+def test_the_dry_run_counts_a_twin_of_an_earlier_runs_row(simulator, tmp_path, capsys):
+    manifest = helpers.image_manifest(tmp_path, 2)
+    out = tmp_path / "out.parquet"
+    run(manifest, out, simulator)
+    shutil.copy(tmp_path / "img" / "img000.png", tmp_path / "img" / "later.png")
+    with manifest.open("a") as f:
+        f.write("img/later.png\n")
+    capsys.readouterr()
+    summary, _ = run(manifest, out, simulator, dry_run=True)
+    printed = capsys.readouterr().out
+    assert "would send 0 requests" in printed and "1 rows have the same image and settings as another row" in printed
