@@ -8,7 +8,6 @@ read from the environment only (never from a file or a flag) and is wrapped in
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -100,11 +99,15 @@ class JobConfig:
                                "then the row is an invalid_output error", metavar="N")
     dedupe: bool = _option(True, "send every row, even one whose image bytes and request settings equal a row already answered "
                            "(by default such a row reuses that answer, at no cost)", flag="--no-dedupe", show_default=False)
+    tasks: dict[str, dict[str, Any]] = _option(help="several questions per image: [tasks.NAME] tables with prompt, system, max_tokens, "
+                                               "temperature, schema (each defaulting to the job's); one output row per image and task",
+                                               default_factory=dict, flag=None)
     extra_body: dict[str, Any] = _option(help="merged into every request body", default_factory=dict, flag=None, fingerprint=IF_CHANGED)
     extra_headers: dict[str, str] = _option(help="sent with every request (not Authorization)", default_factory=dict, flag=None)
     storage: dict[str, dict[str, Any]] = _option(help="fsspec options per protocol, e.g. [storage.s3] endpoint_url (never logged)",
                                                  default_factory=dict, flag=None)
     api_key: Secret | None = None
+    task: str | None = None  # set in a task's own configuration (tasks.task_configs), never by a user
 
     def redact(self, text: str) -> str:
         """Remove the API key from a text that came from elsewhere (a server body, an exception)."""
@@ -159,6 +162,9 @@ def load_config(
         raise ConfigError(f"--output must name a .parquet file or a folder (a dataset of part files), got {str(checked['output'])!r} "
                           f"(try {str(checked['output'].with_suffix('.parquet'))!r})")
     config = JobConfig(**checked)
+    if config.tasks:
+        from .tasks import check_tasks
+        check_tasks(config)
     key = _find_api_key(config.api_key_env, environ)
     if key is None and not config.dry_run and need_key:
         raise ConfigError(_missing_key_message(config.api_key_env))
@@ -186,8 +192,10 @@ def read_job_file(path: Path) -> dict[str, Any]:
     for option in PATH_OPTIONS:
         if isinstance(data.get(option), str) and protocol(data[option]) is None:
             data[option] = path.parent / Path(data[option]).expanduser()
-    if isinstance(data.get("schema"), str):  # a file beside the job file; a [schema] table is the schema itself
-        data["schema"] = str(path.parent / Path(data["schema"]).expanduser())
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}  # (not tables: _check says so)
+    for table in [data, *(t for t in tasks.values() if isinstance(t, dict))]:
+        if isinstance(table.get("schema"), str):  # a file beside the job file; a [schema] table is the schema itself
+            table["schema"] = str(path.parent / Path(table["schema"]).expanduser())
     return data
 
 
@@ -258,7 +266,11 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
     if out.get("schema_mode") not in (None, "auto", "response_format", "prompt"):
         raise ConfigError(f"schema-mode must be auto, response_format or prompt, got {out['schema_mode']!r}")
     if out.get("schema") is not None:
-        out["schema"] = _schema(out["schema"])
+        from .structured import load_schema  # jsonschema loads only for a job with a schema
+        out["schema"] = load_schema(out["schema"])
+    if out.get("tasks"):
+        from .tasks import check_task_tables
+        out["tasks"] = check_task_tables(out["tasks"], _check)
     if out.get("batch_api") not in (None, "openai", "anthropic"):
         raise ConfigError(f"batch-api must be openai or anthropic, got {out['batch_api']!r}")
     if out.get("batch") and out.get("engine") == "ray":
@@ -284,25 +296,6 @@ def _check(values: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(out["storage"], dict) or not all(isinstance(v, dict) for v in out["storage"].values()):
             raise ConfigError("storage must be a table of tables in the job file, one per protocol: [storage.s3] endpoint_url = \"...\"")
     return out
-
-
-def _schema(value: Any) -> dict[str, Any]:
-    """A [schema] table as it is, or the JSON Schema in the file --schema names; checked either way."""
-    from .structured import check_schema  # jsonschema loads only for a job with a schema
-
-    if isinstance(value, dict):
-        return check_schema(value, "the job file's [schema] table")
-    try:
-        text = Path(str(value)).expanduser().read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"schema file not found: {value}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read schema file {value}: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        schema = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"schema file {value} is not JSON: {e}") from None
-    return check_schema(schema, f"schema file {value}")
 
 
 def _location(option: str, value: Any) -> Path | str:

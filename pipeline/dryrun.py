@@ -28,6 +28,7 @@ from .results import error_row
 from .resume import fingerprinter
 from .structured import answer_schema
 from .summary import RunSummary, summarize_run
+from .tasks import task_configs
 
 SAMPLED_ANSWERS = 100_000  # earlier answers read to ground the cost range (the first ones: bounded memory)
 
@@ -62,10 +63,10 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
     example: list[dict[str, Any]] = []
     input_tokens = 0
     unknown_size = 0
-    fingerprint = fingerprinter(config)
+    tasks = task_configs(config)
+    fingerprints = {name: fingerprinter(task) for name, task in tasks.items()}
     seen, answered = HashedSet(), answered if answered is not None else HashedSet()
     twin_tokens = 0  # input tokens of the rows dedupe answers without a request
-    answers = answer_schema(config)
 
     async def check(row: ManifestRow) -> None:
         try:
@@ -78,9 +79,11 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
                 invalid.append(f"  {row.id}: {e.error_type}: {e}")
             return
         nonlocal input_tokens, unknown_size, twin_tokens
-        sent_prompt = answers.instruct(row.prompt or config.prompt) if answers is not None else row.prompt or config.prompt
-        tokens = estimate_input_tokens(config, image, sent_prompt)
-        key = twin_key(image.sha256, fingerprint(row.prompt or config.prompt)) if image.sha256 is not None else None
+        task, answers = tasks[row.task], answer_schema(tasks[row.task])
+        prompt = row.prompt or task.prompt
+        sent_prompt = answers.instruct(prompt) if answers is not None else prompt
+        tokens = estimate_input_tokens(task, image, sent_prompt)
+        key = twin_key(image.sha256, fingerprints[row.task](prompt)) if image.sha256 is not None else None
         if config.dedupe and key is not None and (key in answered or not seen.add(key)):
             progress.record({"status": "ok", "reused_from": image.sha256})
             twin_tokens += tokens
@@ -91,7 +94,7 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
         if not example:
             url = image.url if isinstance(image.url, str) else image.url.decode("ascii")
             shown = url if len(url) <= 80 else url[:60] + f"...<{len(url)} characters>"
-            example.append(build_chat_request(config, sent_prompt, shown))
+            example.append(build_chat_request(task, sent_prompt, shown))
 
     await run_pool(rows, check, config.concurrency, progress)
     progress.close()
@@ -101,11 +104,15 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
     where = (f"as {config.batch_api} batch jobs at {config.base_url.rstrip('/')}" if config.batch
              else f"to {config.base_url.rstrip('/')}/chat/completions")
     print(f"  would send {c.ok - c.reused} requests {where} (model {config.model})")
-    if answers is not None:
+    if config.tasks:
+        print(f"  {len(tasks)} tasks per image: {', '.join(tasks)} (one output row per image and task)")
+    for name, task in tasks.items():
+        if (answers := answer_schema(task)) is None:
+            continue
         how = (f"as response_format (strict {str(answers.response_format()['json_schema']['strict']).lower()})"
                if answers.mode == "response_format" else "in the prompt (the provider ignores response_format)")
-        print(f"  answers must follow the schema, sent {how}; its {len(answers.columns)} properties become columns: "
-              f"{', '.join(answers.columns.values())}")
+        print(f"  {'answers' if name is None else f'task {name} answers'} must follow the schema, sent {how}; its "
+              f"{len(answers.columns)} properties become columns: {', '.join(answers.columns.values())}")
     if c.error:
         print(f"  {c.error} {'row' if c.error == 1 else 'rows'} would fail without a request:")
         print("\n".join(invalid) + ("\n  ..." if c.error > len(invalid) else ""))

@@ -3,6 +3,7 @@ budget, with retries, and write its result (send). The worker pool calls these t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -23,13 +24,23 @@ from .request import encode_chat_request
 from .results import OutputRow, error_row, ok_row
 from .resume import fingerprinter
 from .retry import RetryPolicy
-from .structured import InvalidOutputError, answer_schema
+from .structured import AnswerSchema, InvalidOutputError, answer_schema
+from .tasks import task_configs
 from .usage import billed_usage
 from .writer import ResultWriter
 
 
 def _plus(total: float | None, cost: float | None) -> float | None:
     return cost if total is None else total + (cost or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One question asked of every image: its settings, its fingerprint and the schema its answer follows."""
+
+    config: JobConfig
+    fingerprint: Callable[[str], str]
+    answers: AnswerSchema | None
 
 
 @dataclass(slots=True)
@@ -41,31 +52,32 @@ class ReadyRequest:
     body: bytes
     tokens: int  # estimated, for a tokens-per-minute limit
     fingerprint: str
+    task: Task
 
 
 class CaptionJob:
     """What happens to one row: load the image, send it (with retries), write the result."""
 
     def __init__(self, config: JobConfig, images: ImageLoader, client: ChatClient | None, writer: ResultWriter, progress: Progress,
-                 stop: StopRequest, *, encode: Callable[[ManifestRow, str, str | bytes], bytes] | None = None,
+                 stop: StopRequest, *, encode: Callable[[JobConfig, ManifestRow, str, str | bytes], bytes] | None = None,
                  dedupe: Dedupe | None = None):
-        """`encode(row, prompt, image_url)`: the request's bytes (default: the chat request body; the batch backend
-        makes it a batch line). Without a client, the job only prepares. `dedupe`: rows whose image and settings
-        another row has are held there instead of sent."""
+        """`encode(task config, row, prompt, image_url)`: the request's bytes (default: the chat request body; the
+        batch backend makes it a batch line). Without a client, the job only prepares. `dedupe`: rows whose image
+        and settings another row has are held there instead of sent."""
         self.config = config
-        self.encode = encode or (lambda row, prompt, image_url: encode_chat_request(config, prompt, image_url))
+        self.encode = encode or (lambda task, row, prompt, image_url: encode_chat_request(task, prompt, image_url))
         self.images = images
         self.client = client
         self.writer = writer
         self.progress = progress
         self.stop = stop
         self.retry = RetryPolicy(max_retries=config.max_retries)
-        self.fingerprint = fingerprinter(config)
+        self.tasks = {name: Task(task, fingerprinter(task), answer_schema(task)) for name, task in task_configs(config).items()}
+        self._loading: dict[str, list] = {}  # id -> [its image loading, rows (tasks) yet to take it]
         self.failures = FailureWatch(config.max_consecutive_failures)
         self.price = load_price(config.prices, config.model)
         self.budget = Budget(config.max_cost)
         self.refused: float | None = None  # the worst case of a request --max-cost did not let go
-        self.answers = answer_schema(config)  # with --schema: the answer must be JSON that follows it
         self.dedupe = dedupe
 
     def budget_note(self) -> str | None:
@@ -76,28 +88,41 @@ class CaptionJob:
 
     async def prepare(self, row: ManifestRow) -> ReadyRequest | None:
         """Load the row's image and build its request; a row that fails here is finished (None)."""
-        prompt = row.prompt or self.config.prompt
-        fingerprint = self.fingerprint(prompt)
+        task = self.tasks[row.task]
+        prompt = row.prompt or task.config.prompt
+        fingerprint = task.fingerprint(prompt)
         if row.problem:
-            self._finish(*self._failed(row, ManifestRowError(row.problem), fingerprint))
+            self._finish(*self._failed(row, task, ManifestRowError(row.problem), fingerprint))
             return None
         try:
-            image = await self.images.load(row)
+            image = await self._load(row)
         except ImageError as e:
-            self._finish(*self._failed(row, e, fingerprint))
+            self._finish(*self._failed(row, task, e, fingerprint))
             return None
         if self.dedupe is not None and self.dedupe.hold(row, dataclasses.replace(image, url=b""), fingerprint):
             return None  # answered by the row with the same image: written when the run's requests are done
-        if self.answers is not None:
-            prompt = self.answers.instruct(prompt)
-        body = self.encode(row, prompt, image.url)
-        tokens = estimate_request_tokens(self.config, image, prompt)
+        if task.answers is not None:
+            prompt = task.answers.instruct(prompt)
+        body = self.encode(task.config, row, prompt, image.url)
+        tokens = estimate_request_tokens(task.config, image, prompt)
         # The body holds the image now; keeping its data: URL too would hold every waiting image twice.
-        return ReadyRequest(row, dataclasses.replace(image, url=b""), body, tokens, fingerprint)
+        return ReadyRequest(row, dataclasses.replace(image, url=b""), body, tokens, fingerprint, task)
+
+    async def _load(self, row: ManifestRow) -> PreparedImage:
+        """The row's image; the rows of one manifest row's tasks (next to each other in the queue) share one load."""
+        if row.share == 1:
+            return await self.images.load(row)
+        loading = self._loading.get(row.id)
+        if loading is None:
+            loading = self._loading[row.id] = [asyncio.ensure_future(self.images.load(row)), row.share]
+        loading[1] -= 1
+        if not loading[1]:
+            del self._loading[row.id]
+        return await asyncio.shield(loading[0])  # one task's row cancelled is not the others' load cancelled
 
     async def send(self, ready: ReadyRequest) -> None:
         """Send a prepared row (with retries) within the cost budget, and write its result."""
-        worst_case = worst_case_cost(self.price, ready.tokens, self.config.max_tokens)
+        worst_case = worst_case_cost(self.price, ready.tokens, ready.task.config.max_tokens)
         if not self.budget.reserve(worst_case):  # not sent: the next run takes it
             self.refused = max(self.refused or 0.0, worst_case)
             self.stop("max-cost", f" ({self.budget_note()})")
@@ -117,7 +142,7 @@ class CaptionJob:
         self.failures.check(error, result["error"] or "")
 
     async def _send(self, ready: ReadyRequest, reserved: list[float]) -> tuple[OutputRow, PipelineError | None]:
-        row, image, fingerprint = ready.row, ready.image, ready.fingerprint
+        row, image, fingerprint, answers = ready.row, ready.image, ready.fingerprint, ready.task.answers
         attempts = 0
         started = time.monotonic()
         spent: float | None = None  # what every answer so far was billed, an invalid one too
@@ -134,7 +159,7 @@ class CaptionJob:
                 raise
 
         invalid: InvalidOutputError | None = None
-        for ask in range(1 + (self.config.max_invalid if self.answers is not None else 0)):
+        for ask in range(1 + (self.config.max_invalid if answers is not None else 0)):
             if ask and not self.budget.reserve(reserved[0]):
                 break  # --max-cost has no room to ask again: the invalid answer is the row's
             reserved += [reserved[0]] if ask else []
@@ -144,24 +169,24 @@ class CaptionJob:
                 self.progress.gave_up()
                 # An empty answer or a refusal was billed: its row keeps the tokens and their cost.
                 cost = _plus(spent, self._cost(e.usage)) if isinstance(e, AnswerError) else spent
-                return self._failed(row, e, fingerprint, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000,
+                return self._failed(row, ready.task, e, fingerprint, attempts=attempts, latency_ms=(time.monotonic() - started) * 1000,
                                     cost_usd=cost, image=image)
             latency_ms = (time.monotonic() - started) * 1000
             spent = _plus(spent, self._cost(completion.usage))
             try:
-                columns = self.answers.read(completion) if self.answers is not None else None
+                columns = answers.read(completion) if answers is not None else None
             except InvalidOutputError as e:
                 invalid = e
                 continue
             return ok_row(row, image, completion, attempts=attempts, latency_ms=latency_ms, fingerprint=fingerprint,
                           cost_usd=spent, columns=columns), None
         self.progress.gave_up()
-        return self._failed(row, invalid, fingerprint, attempts=attempts, latency_ms=latency_ms, cost_usd=spent, image=image)
+        return self._failed(row, ready.task, invalid, fingerprint, attempts=attempts, latency_ms=latency_ms, cost_usd=spent, image=image)
 
     def _cost(self, usage: dict[str, Any]) -> float | None:
         return row_cost(self.price, billed_usage(usage))
 
-    def _failed(self, row: ManifestRow, error: PipelineError, fingerprint: str, **kwargs: Any) -> tuple[OutputRow, PipelineError]:
+    def _failed(self, row: ManifestRow, task: Task, error: PipelineError, fingerprint: str, **kwargs: Any) -> tuple[OutputRow, PipelineError]:
         message = self.config.redact(str(error))
-        columns = dict.fromkeys(self.answers.columns.values()) if self.answers is not None else None
+        columns = dict.fromkeys(task.answers.columns.values()) if task.answers is not None else None
         return error_row(row, error, message=message, model=self.config.model, fingerprint=fingerprint, columns=columns, **kwargs), error

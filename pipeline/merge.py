@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from .files import fsync_directory, is_dataset, not_our_output, temporary_path
 from .results import OUTPUT_SCHEMA
+from .rowkey import row_key, row_keys
 
 JOURNAL_CHUNK_ROWS = 10_000  # journal rows made into one table at a time; a merge's memory grows with this, not with the run
 _SPILL_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
@@ -67,8 +68,8 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str
 
 def rows_to_table(rows: list[dict[str, Any]], typed: pa.Schema | None = None) -> pa.Table:
     """Our columns with their fixed types, the answer's with theirs (`typed`), then the manifest's passthrough
-    columns as inferred; the last row per id wins."""
-    latest = list({r["id"]: r for r in rows}.values())
+    columns as inferred; the last row per id (per id and task, see rowkey.py) wins."""
+    latest = list({row_key(r): r for r in rows}.values())
     columns: dict[str, pa.Array] = {}
     for field in OUTPUT_SCHEMA:
         columns[field.name] = pa.array([r.get(field.name) for r in latest], type=field.type)
@@ -92,13 +93,13 @@ def rows_to_table(rows: list[dict[str, Any]], typed: pa.Schema | None = None) ->
 
 
 class SpilledJournal:
-    """A journal's rows as one table per chunk in temporary Arrow files; only the ids and the schemas stay in memory."""
+    """A journal's rows as one table per chunk in temporary Arrow files; only the row keys and the schemas stay in memory."""
 
     def __init__(self, output: Path, typed: pa.Schema | None = None):
         self._output = output
         self._typed = typed
         self._parts: list[Path] = []
-        self._ids: list[pa.Array] = []
+        self._keys: list[pa.Array] = []  # rowkey.row_keys of each chunk
         self.schema: pa.Schema | None = None  # the chunks' schemas unified, as if the journal were one table
         self.rows = 0
 
@@ -109,21 +110,21 @@ class SpilledJournal:
         self._parts.append(part)
         with pa.ipc.new_file(part, table.schema, options=_SPILL_OPTIONS) as spill:
             spill.write_table(table)
-        self._ids.extend(table.column("id").chunks)
+        self._keys.append(row_keys(table))
         self.schema = table.schema if self.schema is None else unified_schema(self.schema, table.schema)
         self.rows += len(rows)
 
     def newest_rows(self) -> tuple[pa.Array, Iterator[pa.Table]]:
-        """The journal's distinct ids, and its tables keeping only the newest row per id."""
-        ids = pa.chunked_array(self._ids, pa.string())
-        if len(self._parts) == 1:  # one chunk is one row per id already (rows_to_table): no compute kernels to load
-            return ids.combine_chunks(), self._tables(None)
+        """The journal's distinct row keys, and its tables keeping only the newest row per key."""
+        keys = pa.chunked_array(self._keys, pa.string())
+        if len(self._parts) == 1:  # one chunk is one row per key already (rows_to_table): no compute kernels to load
+            return keys.combine_chunks(), self._tables(None)
         import pyarrow.compute as pc  # only when there is something to compute (~45 ms to import)
-        positions = pa.table({"id": ids, "position": pa.array(range(len(ids)), pa.int64())})
-        # rows_to_table kept the last row per id within a chunk; across chunks the latest position wins.
-        newest = positions.group_by("id", use_threads=False).aggregate([("position", "max")])
+        positions = pa.table({"key": keys, "position": pa.array(range(len(keys)), pa.int64())})
+        # rows_to_table kept the last row per key within a chunk; across chunks the latest position wins.
+        newest = positions.group_by("key", use_threads=False).aggregate([("position", "max")])
         is_newest = pc.is_in(positions.column("position"), value_set=newest.column("position_max").combine_chunks())
-        return newest.column("id").combine_chunks(), self._tables(is_newest)
+        return newest.column("key").combine_chunks(), self._tables(is_newest)
 
     def _tables(self, keep: pa.ChunkedArray | None) -> Iterator[pa.Table]:
         offset = 0
@@ -139,7 +140,7 @@ class SpilledJournal:
 
 
 def merge_into_output(output: Path, new: SpilledJournal) -> None:
-    """Write old rows (minus the ids in `new`) and then `new`'s newest rows to a temporary file, and rename it over the output."""
+    """Write old rows (minus the row keys in `new`) and then `new`'s newest rows to a temporary file, and rename it over the output."""
     try:
         old = pq.ParquetFile(output) if output.exists() else None
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
@@ -152,7 +153,7 @@ def merge_into_output(output: Path, new: SpilledJournal) -> None:
             if old is not None:
                 import pyarrow.compute as pc  # only when there are old rows to filter (~45 ms to import)
                 for batch in old.iter_batches(batch_size=65_536):
-                    kept = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=replaced)))
+                    kept = batch.filter(pc.invert(pc.is_in(row_keys(batch), value_set=replaced)))
                     if kept.num_rows:
                         parquet.write_table(conform(pa.Table.from_batches([kept]), schema))
             for table in new_tables:

@@ -18,6 +18,7 @@ from .files import journal_path, not_our_output
 from .remote import RemoteDataset, local_output
 from .storage import Storage
 from .merge import conform, read_journal, rows_to_table, unified_schema
+from .rowkey import row_keys
 
 BATCH_ROWS = 65_536
 
@@ -47,30 +48,30 @@ class Output:
         return len(self._files)
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """The rows, newest per id, one batch at a time, in `columns` (those of them it has) or all of them."""
+        """The rows, newest per id (per id and task: rowkey.py), one batch at a time, in `columns` (those of them it has) or all of them."""
         schema = self.schema if columns is None else pa.schema([f for f in self.schema if f.name in columns])
-        for path, file, replaced in zip(self._paths, self._files, self._ids_written_later()):
+        for path, file, replaced in zip(self._paths, self._files, self._keys_written_later()):
             present = [name for name in schema.names if name in file.schema_arrow.names]
             try:
-                for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=sorted(set(present) | {"id"})):
+                for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=sorted(set(present) | {"id"} | ({"task"} & set(file.schema_arrow.names)))):
                     table = pa.Table.from_batches([batch])
                     if replaced is not None:
-                        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=replaced)))
+                        table = table.filter(pc.invert(pc.is_in(row_keys(table), value_set=replaced)))
                     yield from conform(table, schema).to_batches()
             except (OSError, pa.ArrowException) as e:
                 raise not_our_output(path, e) from None
         if self.journal is not None:
             yield from conform(self.journal, schema).to_batches()
 
-    def _ids_written_later(self) -> list[pa.Array | None]:
-        """For each file, the ids that a later part or the journal holds a newer row for (only ids are read)."""
-        later: list[pa.Array] = [self.journal.column("id").combine_chunks()] if self.journal is not None else []
+    def _keys_written_later(self) -> list[pa.Array | None]:
+        """For each file, the row keys that a later part or the journal holds a newer row for (only ids and tasks are read)."""
+        later: list[pa.Array] = [row_keys(self.journal)] if self.journal is not None else []
         out: list[pa.Array | None] = []
         for path, file in reversed(list(zip(self._paths, self._files))):
             out.append(pa.concat_arrays(later) if later else None)
             if len(self._files) > 1:
                 try:
-                    later.append(file.read(columns=["id"]).column("id").combine_chunks())
+                    later.append(row_keys(file.read(columns=["id", "task"] if "task" in file.schema_arrow.names else ["id"])))
                 except (OSError, pa.ArrowException) as e:
                     raise not_our_output(path, e) from None
         return out[::-1]

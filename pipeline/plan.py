@@ -15,47 +15,48 @@ import logging
 import queue
 import threading
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .config import JobConfig
 from .manifest import Manifest
 from .progress import Progress
 from .records import ManifestRow
 
+if TYPE_CHECKING:
+    from .tasks import TaskRows
+
 log = logging.getLogger("pipeline")
 
-IsDone = Callable[[str, "str | None", str], bool]  # (id, prompt, source) -> already in the output
 WAIT_FOR_COUNT = 0.25  # seconds the first request may wait for an exact count in the start event
 READ_AHEAD_ROWS = 20_000  # rows to do held ahead of the workers (a few MB): a resume with fewer reads the manifest once
 
 
 @dataclass(frozen=True)
 class Plan:
-    to_do: int  # rows this run will send or fail (after --limit)
-    already_done: int
+    to_do: int  # rows this run will send or fail (after --limit): one per image and task left, for a job with tasks
+    already_done: int  # output rows (of an image and task) already there
     duplicates: int
     rows: int  # distinct ids in the manifest
 
 
-def count_plan(manifest: Manifest, is_done: IsDone | None, limit: int | None, cancelled: threading.Event) -> Plan | None:
+def count_plan(manifest: Manifest, work: "TaskRows", limit: int | None, cancelled: threading.Event) -> Plan | None:
     """Read the manifest once on its own reader; None when cancelled or when it cannot be read (the run will say why)."""
     reader = manifest.second_reader()
     already = 0
 
-    def skip(row_id: str, prompt: str | None, source: str) -> bool:
+    def done(n: int) -> None:
         nonlocal already
-        if cancelled.is_set():
-            raise _Cancelled
-        if is_done is not None and is_done(row_id, prompt, source):
-            already += 1
-            return True
-        return False
+        already += n
 
+    left = 0
     try:
-        left = sum(1 for _ in reader.rows(skip=skip))
+        for _ in work.rows_to_do(reader.rows, limit, done):
+            if cancelled.is_set():
+                raise _Cancelled
+            left += 1
     except Exception:  # noqa: BLE001 - _Cancelled, or a manifest error the run itself reports
         return None
-    return Plan(min(left, limit) if limit is not None else left, already, reader.stats.duplicates, reader.stats.rows)
+    return Plan(left, already, reader.stats.duplicates, reader.stats.rows)
 
 
 class _Cancelled(Exception):
@@ -120,8 +121,8 @@ class ReadAhead:
 class Planning:
     """The rows to do (`rows`, for the pool) and their plan, from the read-ahead's pass or a second reader's."""
 
-    def __init__(self, manifest: Manifest, is_done: IsDone | None, limit: int | None, progress: Progress, rows: Iterator[ManifestRow]):
-        self._manifest, self._is_done, self._limit, self._progress = manifest, is_done, limit, progress
+    def __init__(self, manifest: Manifest, work: "TaskRows", limit: int | None, progress: Progress, rows: Iterator[ManifestRow]):
+        self._manifest, self._work, self._limit, self._progress = manifest, work, limit, progress
         self.plan: asyncio.Future[Plan | None] = asyncio.get_running_loop().create_future()
         self._cancelled = threading.Event()
         self._counting: asyncio.Future | None = None
@@ -137,7 +138,7 @@ class Planning:
 
     def _count(self) -> None:
         if self._counting is None and not self.plan.done():
-            self._counting = asyncio.ensure_future(asyncio.to_thread(count_plan, self._manifest, self._is_done, self._limit, self._cancelled))
+            self._counting = asyncio.ensure_future(asyncio.to_thread(count_plan, self._manifest, self._work, self._limit, self._cancelled))
             self._counting.add_done_callback(self._counted)
 
     def _counted(self, counting: asyncio.Future) -> None:
@@ -150,10 +151,10 @@ class Planning:
         self.rows.close()
 
 
-async def start(config: JobConfig, manifest: Manifest, is_done: IsDone | None, progress: Progress, rows_in_output: int,
+async def start(config: JobConfig, manifest: Manifest, work: "TaskRows", progress: Progress, rows_in_output: int,
                 rows: Iterator[ManifestRow]) -> Planning:
     """Start reading `rows` ahead and counting the plan; log the start event, with the plan when it is known within WAIT_FOR_COUNT."""
-    planning = Planning(manifest, is_done, config.limit, progress, rows)
+    planning = Planning(manifest, work, config.limit, progress, rows)
     done, _ = await asyncio.wait({planning.plan}, timeout=WAIT_FOR_COUNT)
     plan = planning.plan.result() if done else None
     if plan is not None:

@@ -21,6 +21,8 @@ class ManifestRow:
     prompt: str | None = None  # per-row prompt override
     extra: dict[str, Any] = field(default_factory=dict)  # passthrough columns
     problem: str | None = None
+    task: str | None = None  # the job file's task this row asks (tasks.py); None for a job without tasks
+    share: int = 1  # rows made from one manifest row, one per task left: its image is prepared once for them all
 
     @property
     def is_remote(self) -> bool:

@@ -1,4 +1,4 @@
-"""One output row per manifest id: its columns, and how a success or a failure becomes a row."""
+"""One output row per manifest id (per id and task, for a job with tasks): its columns, and how a success or a failure becomes a row."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ OUTPUT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("image", pa.string()),
+        ("task", pa.string()),  # the job file's task (several per image); null for a job without tasks
         ("status", pa.string()),  # 'ok' | 'error'
         ("caption", pa.string()),
         ("model", pa.string()),
@@ -152,6 +153,7 @@ def _row(row: ManifestRow, **fields: Any) -> OutputRow:
     out.update(fields)
     out["id"] = row.id
     out["image"] = row.image
+    out["task"] = row.task
     out["completed_at"] = int(time.time() * 1000)
     for name, value in row.extra.items():
         # A manifest column that clashes with one of ours (or an answer's) is kept under another name.

@@ -1,8 +1,8 @@
 """What is left to do: the request fingerprint, and an index of the rows the output already holds.
 
 A row is done when the output has an ok row for its id made with the same
-fingerprint (model, prompt, system, max_tokens, temperature, and the image
-and request settings that change what is sent). Change any of those and the row is captioned again.
+fingerprint (model, prompt, system, max_tokens, temperature, the image and request settings that change
+what is sent, and the task's name for a job with tasks). Change any of those and the row is captioned again.
 A local image's row also records the file's size and modification time: a file replaced since
 is captioned again (rsync's quick check: one stat per row, no read). An object in a bucket is
 checked the same way from its prefix's listing (storage.Storage.stat: one LIST per prefix).
@@ -29,10 +29,12 @@ from .files import journal_path, not_our_output
 from .remote import RemoteDataset
 from .storage import ObjectStat, Storage, is_object_url, local_stat
 from .merge import read_journal
+from .rowkey import key
 
-INDEX_COLUMNS = ("id", "status", "fingerprint", "file_size", "file_mtime_ns", "image_sha256")
+INDEX_COLUMNS = ("id", "status", "fingerprint", "file_size", "file_mtime_ns", "image_sha256", "task")
 _INDEX_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("fingerprint", pa.string()),
-                           ("file_size", pa.int64()), ("file_mtime_ns", pa.int64()), ("image_sha256", pa.string())])
+                           ("file_size", pa.int64()), ("file_mtime_ns", pa.int64()), ("image_sha256", pa.string()),
+                           ("task", pa.string())])
 _FILE_KEY = ("id", "fingerprint", "file_size", "file_mtime_ns")
 
 
@@ -46,6 +48,8 @@ def fingerprinter(config: JobConfig) -> Callable[[str], str]:
         for f, o in declared(JobConfig)
         if o.fingerprint == ALWAYS or (o.fingerprint == IF_CHANGED and getattr(config, f.name) != getattr(defaults, f.name))
     }
+    if config.task is not None:  # one of the job file's tasks: its rows are its own, even when another task asks the same
+        settings["task"] = config.task
 
     @lru_cache(maxsize=4096)
     def fingerprint(prompt: str) -> str:
@@ -62,11 +66,12 @@ class ResumeIndex:
         self._store = store
         self._ok = HashedSet(expected)  # (id, fingerprint) of the ok rows with no file stat (URLs, older outputs)
         self._ok_files = HashedSet(expected)  # (id, fingerprint, size, mtime_ns) of the ok rows of local files
-        self._failed = None if retry_errors else HashedSet()  # ids of the error rows, skipped only with retry_errors off
+        self._failed = None if retry_errors else HashedSet()  # row keys of the error rows, skipped only with retry_errors off
         self.answered = HashedSet(expected if answered else 0)  # dedupe.twin_key of the ok rows: what dedupe.py reuses
         self._keep_answered = answered  # off with --no-dedupe: about a second per million output rows saved
         self.files: list[pq.ParquetFile] = []  # the output's Parquet files, oldest first (dedupe reads answers from them)
         self.rows_in_output = 0
+        self._last_stat: tuple[str, ObjectStat | None] | None = None  # a row's tasks ask about one file in turn
 
     @classmethod
     def load(cls, output: Path, *, retry_errors: bool = True, store: Storage | None = None, answered: bool = True,
@@ -86,7 +91,7 @@ class ResumeIndex:
             ordered = rows[::-1] if paths else rows
             sources.append((journal, lambda: iter([pa.table({name: [r[i] for r in ordered] for i, name in enumerate(INDEX_COLUMNS)},
                                                             schema=_INDEX_SCHEMA)])))
-        # Several sources (a dataset's parts, a killed run's journal): only each id's newest row counts, as on reading.
+        # Several sources (a dataset's parts, a killed run's journal): only each row's newest counts, as on reading.
         newest = _newest_first() if len(sources) > 1 else None
         for where, tables in (reversed(sources) if newest else sources):
             try:
@@ -116,10 +121,11 @@ class ResumeIndex:
                                                               answered.column("fingerprint").to_pylist()) if sha and fp)
         if self._failed is not None:
             not_ok = pc.or_kleene(pc.invert(ok), pc.is_null(ok))  # not pc.fill_null(ok, False), for the same reason
-            self._failed.update(table.filter(not_ok).column("id").to_pylist())
+            self._failed.update(_keys(table.filter(not_ok)))
 
-    def is_done(self, row_id: str, fingerprint: str, source: str | None = None) -> bool:
-        if (row_id, fingerprint) in self._ok or (self._failed is not None and row_id in self._failed):
+    def is_done(self, row_id: str, fingerprint: str, source: str | None = None, task: str | None = None) -> bool:
+        """The output has this row's answer (for a job with tasks, the task's: its fingerprint names the task)."""
+        if (row_id, fingerprint) in self._ok or (self._failed is not None and key(row_id, task) in self._failed):
             return True
         if not self._ok_files or source is None or source.startswith(("http://", "https://")):
             return False
@@ -129,6 +135,14 @@ class ResumeIndex:
         return (row_id, fingerprint, stat.size, stat.mtime_ns) in self._ok_files
 
     def _stat(self, source: str) -> ObjectStat | None:
+        last = self._last_stat  # read once: the plan's counting thread asks too
+        if last is not None and last[0] == source:
+            return last[1]
+        stat = self._stat_now(source)
+        self._last_stat = (source, stat)
+        return stat
+
+    def _stat_now(self, source: str) -> ObjectStat | None:
         if not is_object_url(source):
             return local_stat(source)
         if self._store is None:
@@ -152,11 +166,19 @@ def _tables(parquet: pq.ParquetFile) -> Iterator[pa.Table]:
         yield pa.Table.from_batches([batch])
 
 
+def _keys(table: pa.Table) -> list[str | None]:
+    """rowkey.key of each row, made in Python (rowkey.row_keys' Arrow kernels would import pandas: see _add_batch)."""
+    ids = table.column("id").to_pylist()
+    if "task" not in table.column_names:
+        return ids
+    return [None if row_id is None else key(row_id, task) for row_id, task in zip(ids, table.column("task").to_pylist())]
+
+
 def _newest_first() -> Callable[[pa.Table], pa.Table]:
-    """Fed tables newest first, keeps the rows whose id no newer table had (a Python pass: only for several sources)."""
+    """Fed tables newest first, keeps the rows whose key no newer table had (a Python pass: only for several sources)."""
     seen = HashedSet()
 
     def keep(table: pa.Table) -> pa.Table:
-        return table.filter(pa.array([row_id is not None and seen.add(row_id) for row_id in table.column("id").to_pylist()], pa.bool_()))
+        return table.filter(pa.array([k is not None and seen.add(k) for k in _keys(table)], pa.bool_()))
 
     return keep

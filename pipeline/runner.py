@@ -28,20 +28,19 @@ from .images import ImageLoader
 from .job import CaptionJob
 from . import plan
 from .manifest import Manifest, open_manifest
-from .plan import IsDone
 from .pool import StopRequest, run_pool, signals_to
 from .progress import Counters, Progress
 from .providers import accepted_image_formats
 from .ratelimit import RateLimiter
 from .records import ManifestRow
-from .resume import ResumeIndex, fingerprinter
+from .resume import ResumeIndex
 from .remote import local_output
 from .runlog import append_run_record
 from .storage import Storage
 from .target import Target
 from .summary import RunSummary, run_record, summarize_run
 from .dedupe import Dedupe, batch_keys, journal_rows, output_rows
-from .structured import answer_schema
+from .tasks import TaskRows, answer_columns
 from .writer import ResultWriter
 
 log = logging.getLogger("pipeline")
@@ -81,22 +80,22 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
     aborted = budget = batch_note = dedupe = None
     target = Target(config.output, store)
     async with target.held():
-        answers = answer_schema(config)
-        writer = ResultWriter(target.local, columns=answers.arrow if answers else None).open()
+        answers = answer_columns(config)  # every task's structured answer's typed columns
+        writer = ResultWriter(target.local, columns=answers).open()
         target.publish()  # what a killed run left, recovered by open()
         progress = _progress(config, manifest, price)
         planning = None
         try:
             index = ResumeIndex() if config.redo else ResumeIndex.load(target.local, retry_errors=config.retry_errors,
                                                                          answered=config.dedupe, store=store, remote=target.remote)
-            is_done = _is_done(config, index)
-            rows = _rows_to_do(config, manifest, is_done, progress.counters)
-            planning = await plan.start(config, manifest, is_done, progress, index.rows_in_output, rows)
+            work = TaskRows(config, index)
+            rows = _rows_to_do(config, manifest, work, progress.counters)
+            planning = await plan.start(config, manifest, work, progress, index.rows_in_output, rows)
             ledger = Ledger.open(target.local)
             ledger.remove_orphans()  # a batch a kill stopped while it filled: never recorded, its rows are to do
             rows = _not_in_live_batches(planning.rows, ledger, config.batch)
             if config.dedupe and config.engine == "local":
-                dedupe = Dedupe(index.answered, answers.columns.values() if answers else ())
+                dedupe = Dedupe(index.answered, answers.names if answers else ())
                 dedupe.answered.update(batch_keys(ledger.rows_path(b.key) for b in ledger.live()))
             if config.batch:
                 from .batch.backend import run_batches  # only for --batch
@@ -169,7 +168,7 @@ async def _dry_run(config: JobConfig) -> RunSummary:
         index = ResumeIndex() if config.redo else ResumeIndex.load(target.local, retry_errors=config.retry_errors,
                                                                      answered=config.dedupe, store=store, remote=target.remote)
         progress = _progress(config, manifest, load_price(config.prices, config.model))
-        rows = _rows_to_do(config, manifest, _is_done(config, index), progress.counters)
+        rows = _rows_to_do(config, manifest, TaskRows(config, index), progress.counters)
         async with _image_loader(config, store) as images:
             return await dry_run(config, manifest, rows, progress, images, index.answered)
 
@@ -186,7 +185,8 @@ def _not_in_live_batches(rows: Iterable[ManifestRow], ledger: Ledger, batch: boo
 
 
 def _progress(config: JobConfig, manifest: Manifest, price: Price | None) -> Progress:
-    return Progress(manifest.count(), limit=config.limit, unpriced=None if price else unpriced_note(config.model, config.prices))
+    tasks = len(config.tasks) or 1
+    return Progress(manifest.count() * tasks, limit=config.limit * tasks if config.limit is not None else None, unpriced=None if price else unpriced_note(config.model, config.prices))
 
 
 @asynccontextmanager
@@ -201,23 +201,11 @@ async def _image_loader(config: JobConfig, store: Storage) -> AsyncIterator[Imag
         yield ImageLoader(**settings, fetch_session=fetch_session, fetch_timeout=config.timeout)
 
 
-def _is_done(config: JobConfig, index: ResumeIndex) -> IsDone | None:
-    """(id, prompt, source) -> the output already holds this row's answer; None when the output holds nothing."""
-    if not index.rows_in_output:  # no need to ask for each row
-        return None
-    fingerprint = fingerprinter(config)
-    return lambda row_id, prompt, source: index.is_done(row_id, fingerprint(prompt or config.prompt), source)
+def _rows_to_do(config: JobConfig, manifest: Manifest, work: TaskRows, counters: Counters) -> Iterator[ManifestRow]:
+    def done(n: int) -> None:
+        counters.skipped += n
 
-
-def _rows_to_do(config: JobConfig, manifest: Manifest, is_done: IsDone | None, counters: Counters) -> Iterator[ManifestRow]:
-    def skip(row_id: str, prompt: str | None, source: str) -> bool:
-        if is_done(row_id, prompt, source):
-            counters.skipped += 1
-            return True
-        return False
-
-    todo = manifest.rows(skip=skip if is_done else None)
-    todo = todo if config.limit is None else itertools.islice(todo, config.limit)
+    todo = work.rows_to_do(manifest.rows, config.limit, done)
     yielded = 0
     for row in todo:
         yielded += 1

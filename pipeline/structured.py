@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
@@ -34,6 +35,23 @@ class InvalidOutputError(AnswerError):
     """The answer is not a JSON object that follows the schema (after --max-invalid more asks)."""
 
     error_type = "invalid_output"
+
+
+def load_schema(value: Any) -> dict[str, Any]:
+    """A [schema] table as it is, or the JSON Schema in the file --schema names; checked either way."""
+    if isinstance(value, dict):
+        return check_schema(value, "the job file's [schema] table")
+    try:
+        text = Path(str(value)).expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"schema file not found: {value}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read schema file {value}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        schema = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"schema file {value} is not JSON: {e}") from None
+    return check_schema(schema, f"schema file {value}")
 
 
 def check_schema(schema: Any, where: str) -> dict[str, Any]:

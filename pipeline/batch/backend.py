@@ -174,10 +174,10 @@ async def run_batches(config: JobConfig, rows: Iterable[ManifestRow], images: Im
 
 
 def batch_encoder(config: JobConfig):
-    """(row, prompt, image_url) -> the row's whole batch line, for CaptionJob.prepare."""
+    """(task config, row, prompt, image_url) -> the row's whole batch line, for CaptionJob.prepare."""
     if config.batch_api == "anthropic":
-        return lambda row, prompt, image_url: anthropic_line(custom_id("anthropic", row.id), config, prompt, image_url)
-    return lambda row, prompt, image_url: openai_line(row.id, encode_chat_request(config, prompt, image_url))
+        return lambda task, row, prompt, image_url: anthropic_line(custom_id("anthropic", row.id), task, prompt, image_url)
+    return lambda task, row, prompt, image_url: openai_line(row.id, encode_chat_request(task, prompt, image_url))
 
 
 def waiting_note(ledger: Ledger, again: int = 0) -> str | None:

@@ -1,0 +1,180 @@
+"""[tasks.NAME] in a job file: several questions per image, one output row per (id, task), resumed per task."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+import helpers
+from pipeline import load_config
+from pipeline.compact import compact
+from pipeline.errors import ConfigError
+from pipeline.images import ImageLoader
+from pipeline.outputs import Output
+
+KEY = "sk-tasks-test-5d1c"
+TAGS = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["tags"], "additionalProperties": False}
+JOB = """model = "gpt-4.1-mini"
+[tasks.short]
+prompt = "{short}"
+max_tokens = 60
+[tasks.tags]
+prompt = "List tags."
+schema = "tags.json"
+"""
+
+
+@pytest.fixture
+def job(tmp_path):
+    (tmp_path / "tags.json").write_text(json.dumps(TAGS))
+    path = tmp_path / "job.toml"
+    path.write_text(JOB.format(short="One short sentence."))
+    return path
+
+
+def run(manifest, out, sim, job, **flags):
+    summary, _ = helpers.caption(manifest, out, sim.base_url, KEY, job=job, **flags)
+    return summary, _rows(out)
+
+
+def _rows(out):
+    return {(r["id"], r["task"]): r for batch in Output(out).batches() for r in batch.to_pylist()}
+
+
+def test_every_image_is_asked_each_task_and_read_once(simulator, tmp_path, job, monkeypatch):
+    manifest = helpers.image_manifest(tmp_path, 3)
+    loads = []
+    real_load = ImageLoader.load
+
+    async def counted(self, row):
+        loads.append(row.id)
+        return await real_load(self, row)
+
+    monkeypatch.setattr(ImageLoader, "load", counted)
+    summary, rows = run(manifest, tmp_path / "out.parquet", simulator, job)
+    assert summary.ok == 6 and summary.error == 0
+    assert sorted(loads) == sorted({i for i, _ in rows})  # one read per image, not one per task
+    assert {task for _, task in rows} == {"short", "tags"}
+    stats = simulator.stats()
+    assert stats["requests"] == 6 and stats["repeat_images"] == 3  # each image sent once per task
+    bodies = {b["text"]: b for b in stats["bodies"]}
+    assert bodies["One short sentence."]["max_tokens"] == 60 and bodies["One short sentence."]["response_format"] is None
+    assert bodies["List tags."]["max_tokens"] == 300 and bodies["List tags."]["response_format"]["type"] == "json_schema"
+    for (row_id, task), row in rows.items():
+        assert row["status"] == "ok"
+        if task == "tags":
+            assert isinstance(row["tags"], list) and json.loads(row["caption"])["tags"] == row["tags"]
+        else:
+            assert row["tags"] is None and row["caption"]
+    short = {r["fingerprint"] for (_, t), r in rows.items() if t == "short"}
+    tags = {r["fingerprint"] for (_, t), r in rows.items() if t == "tags"}
+    assert len(short) == len(tags) == 1 and short != tags
+
+
+def test_a_changed_task_reruns_alone(simulator, tmp_path, job):
+    manifest = helpers.image_manifest(tmp_path, 3)
+    out = tmp_path / "out.parquet"
+    run(manifest, out, simulator, job)
+    first = _rows(out)
+
+    summary, rows = run(manifest, out, simulator, job)
+    assert summary.skipped == 6 and summary.ok == 0 and simulator.stats()["requests"] == 6
+
+    job.write_text(JOB.format(short="A different sentence."))
+    summary, rows = run(manifest, out, simulator, job)
+    assert summary.skipped == 3 and summary.ok == 3
+    stats = simulator.stats()
+    assert stats["requests"] == 9 and {b["text"] for b in stats["bodies"][6:]} == {"A different sentence."}
+    assert len(rows) == 6 and len(pq.read_table(out)) == 6  # one row per (id, task), the rerun's replacing the old
+    for (row_id, task), row in rows.items():
+        if task == "tags":
+            assert row["response_id"] == first[row_id, task]["response_id"]  # untouched
+        else:
+            assert row["response_id"] != first[row_id, task]["response_id"]
+
+
+def test_a_failed_task_is_retried_alone_and_a_bad_image_fails_every_task(simulator, tmp_path, job):
+    manifest = helpers.image_manifest(tmp_path, 2)
+    (tmp_path / "img" / "broken.png").write_bytes(b"not a png")
+    manifest.write_text(manifest.read_text() + "img/broken.png\n")
+    out = tmp_path / "out"  # a dataset: every run adds a part, the newest row per (id, task) wins on reading
+    out.mkdir()
+    # The first two answers per image are broken: its tags answer is among them (the short task has no schema to break).
+    simulator.configure(invalid_answers=2)
+    summary, rows = run(manifest, out, simulator, job, max_invalid=0)
+    assert {(k[1], r["status"], r["error_type"]) for k, r in rows.items() if "broken" not in k[0]} == \
+        {("short", "ok", None), ("tags", "error", "invalid_output")}
+    assert {(k[1], r["error_type"]) for k, r in rows.items() if "broken" in k[0]} == {("short", "not_an_image"), ("tags", "not_an_image")}
+
+    sent = simulator.stats()["requests"]
+    summary, rows = run(manifest, out, simulator, job, max_invalid=0)
+    assert simulator.stats()["requests"] - sent == 2  # the two tags rows; the short ones were ok
+    assert summary.ok == 2 and summary.skipped == 2
+    assert len(rows) == 6 and all(r["status"] == "ok" for k, r in rows.items() if "broken" not in k[0])
+    assert compact(out)[0] == 6  # compacting keeps one row per (id, task), not one per id
+
+
+def test_task_settings_are_checked(tmp_path):
+    manifest = helpers.image_manifest(tmp_path, 1)
+
+    def load(text, **flags):
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        return load_config({"manifest": manifest, **flags}, environ={"ANYFAST_API_KEY": KEY}, job_file=path)
+
+    for text, message in (
+        ('[tasks.short]\npromt = "x"\n', "[tasks.short]: unknown option(s) promt"),
+        ('[tasks."a b"]\nprompt = "x"\n', "task name 'a b'"),
+        ('[tasks.short]\nmax_tokens = "lots"\n', "[tasks.short]: max-tokens must be a whole number"),
+        ('tasks = "short"\n', "tasks must be tables"),
+        ('[tasks.a]\nschema = {type = "object", properties = {n = {type = "integer"}}}\n'
+         '[tasks.b]\nschema = {type = "object", properties = {n = {type = "string"}}}\n', "tasks give the column 'n' two types"),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            load(text)
+        assert message in str(raised.value)
+    with pytest.raises(ConfigError, match="local engine, online"):
+        load('[tasks.short]\nprompt = "x"\n', batch=True)
+
+
+def test_the_dry_run_counts_a_row_per_task(tmp_path, job):
+    manifest = helpers.image_manifest(tmp_path, 2)
+    result = subprocess.run([sys.executable, "-m", "pipeline", "caption", str(manifest), "--job", str(job), "--dry-run",
+                             "-o", str(tmp_path / "out.parquet")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "would send 4 requests" in result.stdout
+    assert "2 tasks per image: short, tags" in result.stdout
+    assert "task tags answers must follow the schema" in result.stdout
+
+
+def test_newest_row_per_id_and_task_wins_across_journal_chunks_and_parts(tmp_path, monkeypatch):
+    from pipeline import merge
+    from pipeline.errors import NotAnImageError
+    from pipeline.records import ManifestRow
+    from pipeline.results import error_row
+    from pipeline.writer import ResultWriter
+
+    monkeypatch.setattr(merge, "JOURNAL_CHUNK_ROWS", 2)  # every journal spills into several chunks
+
+    def row(i, task, n):
+        return error_row(ManifestRow(1, f"id{i}", "x.png", "/x.png", task=task), NotAnImageError(f"take {n}"))
+
+    for out in (tmp_path / "one.parquet", tmp_path / "dataset"):
+        for n in range(2):  # two runs: the second's rows replace the first's, per (id, task)
+            writer = ResultWriter(out).open()
+            for i in range(3):
+                for task in ("a", "b", None):
+                    writer.write(row(i, task, n))
+            writer.write(row(0, "a", n + 10))  # the same (id, task) again in this run: the newest line wins
+            writer.close()
+        rows = {(r["id"], r["task"]): r["error"] for batch in Output(out).batches() for r in batch.to_pylist()}
+        assert len(rows) == 9
+        assert rows["id0", "a"] == "take 11" and rows["id0", "b"] == "take 1" and rows["id2", None] == "take 1"
+    killed = ResultWriter(out).open()  # a run killed after one row: its journal is read in place of that row's older one
+    killed.write(row(0, "b", 99))
+    rows = {(r["id"], r["task"]): r["error"] for batch in Output(out).batches() for r in batch.to_pylist()}
+    assert len(rows) == 9 and rows["id0", "b"] == "take 99" and rows["id0", "a"] == "take 11"
+    killed.close()
