@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -178,3 +179,38 @@ def test_newest_row_per_id_and_task_wins_across_journal_chunks_and_parts(tmp_pat
     rows = {(r["id"], r["task"]): r["error"] for batch in Output(out).batches() for r in batch.to_pylist()}
     assert len(rows) == 9 and rows["id0", "b"] == "take 99" and rows["id0", "a"] == "take 11"
     killed.close()
+
+
+def test_export_wide_gives_one_row_per_image(simulator, tmp_path, job):
+    manifest = tmp_path / "m.csv"
+    helpers.make_images(tmp_path / "img", 3)
+    manifest.write_text("id,image,album\n" + "".join(f"p{i},img/img{i:03d}.png,trip{i % 2}\n" for i in range(3)))
+    out = tmp_path / "out.parquet"
+    run(manifest, out, simulator, job)
+    long = _rows(out)
+
+    def export(*args):
+        result = subprocess.run([sys.executable, "-m", "pipeline", "export", str(out), "--wide", *args],
+                                capture_output=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    export("--format", "parquet", "-o", str(tmp_path / "wide.parquet"))
+    wide = pq.read_table(tmp_path / "wide.parquet")
+    assert wide.num_rows == 3 and "task" not in wide.column_names
+    names = set(wide.column_names)
+    assert {"id", "image", "album", "width", "image_sha256"} <= names  # the image's own columns, once
+    assert {"short_caption", "short_status", "tags_caption", "tags_tags", "tags_cost_usd"} <= names
+    assert "short_tags" not in names and "caption" not in names  # the short task has no tags; every caption is a task's
+    tags = wide.schema.field("tags_tags").type  # typed as in the long table, not text
+    assert pa.types.is_list(tags) and tags.value_type == pa.string() and wide.schema.field("tags_attempts").type == pa.int32()
+    for row in wide.to_pylist():
+        assert row["short_caption"] == long[row["id"], "short"]["caption"]
+        assert row["tags_tags"] == long[row["id"], "tags"]["tags"]
+        assert row["album"] == long[row["id"], "short"]["album"]
+
+    lines = export("--format", "csv", "--columns", "id,short_caption,tags_tags").stdout.decode().splitlines()
+    assert lines[0] == '"id","short_caption","tags_tags"' and len(lines) == 4
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "export", str(out), "--wide", "--format", "csv", "--columns", "caption"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no column caption in its wide form" in bad.stderr

@@ -17,7 +17,7 @@ from pipeline.report.errors import ReportError
 HISTOGRAM_BINS = 24
 # The row fields the page shows, in the order each row's JSON array holds them.
 ROW_FIELDS = ("id", "image", "status", "caption", "error_type", "error", "prompt_tokens", "completion_tokens",
-              "total_tokens", "cost_usd", "latency_ms", "attempts")
+              "total_tokens", "cost_usd", "latency_ms", "attempts", "task")
 
 
 def read_output(path: Path) -> pa.Table:
@@ -39,7 +39,19 @@ def read_output(path: Path) -> pa.Table:
     missing = {"id", "status"} - set(table.column_names)
     if missing:
         raise ReportError(f"{path}: not a caption output (no {', '.join(sorted(missing))} column)")
-    return table
+    return _tasks_together(table)
+
+
+def _tasks_together(table: pa.Table) -> pa.Table:
+    """A job with tasks: each image's rows next to each other (images in the order they first come, tasks by name)."""
+    if "task" not in table.column_names or table.column("task").null_count == table.num_rows:
+        return table
+    first: dict[str, int] = {}
+    ids, tasks = table.column("id").to_pylist(), table.column("task").to_pylist()
+    for i, row_id in enumerate(ids):
+        first.setdefault(row_id, i)
+    order = sorted(range(len(ids)), key=lambda i: (first[ids[i]], tasks[i] or ""))
+    return table.take(pa.array(order, pa.int64()))
 
 
 def summarize(table: pa.Table) -> dict[str, Any]:

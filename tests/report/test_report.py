@@ -444,3 +444,32 @@ def test_the_page_runs_only_the_shipped_script_its_csp_hash_is_computed_from_the
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     assert f"'sha256-{digest}'" in regex.search(r'Content-Security-Policy" content="([^"]+)"', text)[1]
     assert script in text and page_file("report.css") in text
+
+
+def test_an_images_tasks_are_shown_together_in_chromium(simulator, tmp_path, chromium):
+    make_images(tmp_path / "img", 3, size=(120, 80))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,image\n" + "".join(f"p{i},img/img{i:03d}.png\n" for i in range(3)))
+    job = tmp_path / "job.toml"
+    job.write_text('[tasks.short]\nprompt = "One sentence."\n[tasks.long]\nprompt = "A paragraph."\n')
+    config = load_config({"manifest": manifest, "output": tmp_path / "out.parquet", "base_url": simulator.base_url},
+                         environ={"ANYFAST_API_KEY": "sk-test-report-0123456789"}, job_file=job)
+    assert run_job(config).ok == 6
+    html_path = tmp_path / "report.html"
+    assert write_report(config.output, html_path, images_root=tmp_path).thumbnails == 6  # rows with one (the same per image)
+
+    async def drive_tasks(port, html_path):
+        async with page_at(port, html_path) as cdp:
+            rows = await cdp.js("[...document.querySelectorAll('#rows tr')].map(tr => [tr.dataset.id, tr.dataset.task, "
+                                "tr.classList.contains('same-image'), tr.querySelectorAll('td.thumb img').length, "
+                                "tr.querySelector('.task').textContent])")
+            assert rows == [[f"p{i}", task, task == "short", 0 if task == "short" else 1, task]
+                            for i in range(3) for task in ("long", "short")]
+            search = "q => { const s = document.getElementById('f-search'); s.value = q; s.dispatchEvent(new Event('input')); }"
+            await cdp.js(f"({search})('short')")  # the task's name is searchable
+            assert await cdp.js("[...document.querySelectorAll('#rows tr')].map(tr => tr.dataset.task)") == ["short"] * 3
+            await asyncio.sleep(0.2)
+            assert cdp.problems() == []
+            cdp.reader.cancel()
+
+    in_chromium(chromium, tmp_path / "profile", drive_tasks, html_path)

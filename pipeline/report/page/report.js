@@ -56,7 +56,7 @@
     var status = statusSel.value, type = typeSel.value, q = search.value.trim().toLowerCase();
     if (q && haystack === null) {
       haystack = rows.map(function (r) {
-        return [r[F.id], r[F.caption], r[F.error], r[F.image]].join("\n").toLowerCase();
+        return [r[F.id], r[F.caption], r[F.error], r[F.image], r[F.task]].join("\n").toLowerCase();
       });
     }
     var ok = 0, error = 0;
@@ -94,11 +94,12 @@
     return td;
   }
 
-  function rowElement(i) {
-    var r = rows[i], tr = el("tr", r[F.status] === "error" ? "error" : "");
+  function rowElement(i, sameImage) {  // sameImage: the row above is another task's answer about this image
+    var r = rows[i], tr = el("tr", (r[F.status] === "error" ? "error" : "") + (sameImage ? " same-image" : ""));
     tr.dataset.status = r[F.status] || "";
     tr.dataset.id = r[F.id] || "";
-    tr.appendChild(thumbCell(r));
+    tr.dataset.task = r[F.task] || "";
+    tr.appendChild(sameImage ? el("td", "thumb") : thumbCell(r));
     var id = el("td", "id");
     id.appendChild(el("div", "rid", r[F.id]));
     if (r[F.image] && r[F.image] !== r[F.id]) id.appendChild(el("div", "path", r[F.image]));
@@ -107,6 +108,7 @@
     st.appendChild(el("span", "badge " + (r[F.status] === "ok" ? "ok" : "error"), r[F.status]));
     tr.appendChild(st);
     var text = el("td", "text");
+    if (r[F.task]) text.appendChild(el("div", "task", r[F.task]));
     if (r[F.status] === "error") {
       text.appendChild(el("div", "etype", r[F.error_type] || "error"));
       text.appendChild(el("div", "emsg", r[F.error]));
@@ -132,7 +134,9 @@
     page = Math.min(Math.max(page, 0), pages - 1);
     var start = page * pageSize, end = Math.min(start + pageSize, shown.length);
     var fragment = document.createDocumentFragment();
-    for (var k = start; k < end; k++) fragment.appendChild(rowElement(shown[k]));
+    for (var k = start; k < end; k++) {
+      fragment.appendChild(rowElement(shown[k], k > start && rows[shown[k - 1]][F.id] === rows[shown[k]][F.id]));
+    }
     tbody.replaceChildren(fragment);
     pageLabel.textContent = shown.length ? "rows " + (start + 1).toLocaleString() + "–" + end.toLocaleString() +
       " · page " + (page + 1).toLocaleString() + " of " + pages.toLocaleString() : "no rows match";
