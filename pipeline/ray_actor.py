@@ -31,7 +31,7 @@ def manifest_items(rows: Iterable[ManifestRow]) -> Iterator[dict[str, Any]]:
     """Rows as Ray items; passthrough columns as JSON text, so that blocks keep one schema."""
     for row in rows:
         yield {"line": row.line, "id": row.id, "image": row.image, "source": row.source, "prompt": row.prompt,
-               "problem": row.problem, "extra": json.dumps(row.extra, ensure_ascii=False, default=str)}
+               "problem": row.problem, "extra": json.dumps(row.extra, ensure_ascii=False, default=str), "task": row.task or ""}
 
 
 class _Collector:
@@ -79,8 +79,9 @@ class Captioner:
         self.budget = BudgetShare(self.keeper, self.job.budget, self.per_actor) if config.max_cost is not None else None
 
     def __call__(self, batch: pa.Table) -> dict[str, list[str]]:
-        rows = [ManifestRow(r["line"], r["id"], r["image"], r["source"], r["prompt"], json.loads(r["extra"] or "{}"), r["problem"])
-                for r in batch.to_pylist()]
+        # An image's tasks may go to different actors: each row reads its image (share 1), none waits for another's read.
+        rows = [ManifestRow(r["line"], r["id"], r["image"], r["source"], r["prompt"], json.loads(r["extra"] or "{}"), r["problem"],
+                            task=r.get("task") or None) for r in batch.to_pylist()]
         done = asyncio.run_coroutine_threadsafe(self._batch(rows), self.loop).result()
         return {"row": [json.dumps(r, ensure_ascii=False, default=str) for r in done]}
 

@@ -34,6 +34,7 @@ from .providers import accepted_image_formats
 from .ratelimit import RateLimiter
 from .records import ManifestRow
 from .resume import ResumeIndex
+from .rowkey import key
 from .remote import local_output
 from .runlog import append_run_record
 from .storage import Storage
@@ -181,7 +182,7 @@ def _not_in_live_batches(rows: Iterable[ManifestRow], ledger: Ledger, batch: boo
     if not batch:
         log.warning("%d rows are in provider batches not collected yet (pipeline batch status %s): they are not sent online; "
                     "a --batch run collects them", len(pending), ledger.folder.parent)
-    return (row for row in rows if row.id not in pending)
+    return (row for row in rows if key(row.id, row.task) not in pending)
 
 
 def _progress(config: JobConfig, manifest: Manifest, price: Price | None) -> Progress:

@@ -22,9 +22,10 @@ from .files import journal_path, runs_path
 from .hashedset import HashedSet
 from .manifest import Manifest, open_manifest
 from .outputs import Output
+from .rowkey import key, row_keys
 
 LAST_RUNS = 5
-COLUMNS = ["id", "status", "error_type", "prompt_tokens", "completion_tokens", "cost_usd", "model"]
+COLUMNS = ["id", "task", "status", "error_type", "prompt_tokens", "completion_tokens", "cost_usd", "model"]
 
 
 @dataclass
@@ -43,8 +44,9 @@ class Status:
     last_runs: list[dict[str, Any]] = field(default_factory=list)
     manifest: str | None = None
     manifest_rows: int | None = None
-    left: int | None = None  # manifest ids without an ok row
+    left: int | None = None  # manifest ids without an ok row (for a job with tasks: (id, task) pairs)
     left_failed: int | None = None  # of those, ids with an error row
+    tasks: list[str] = field(default_factory=list)  # the last run's [tasks.NAME], each asked of every manifest row
     batch_rows: int = 0  # rows in provider batches not collected yet (--batch)
     batches: int = 0
 
@@ -73,13 +75,14 @@ def output_status(output: Path, manifest: Path | None = None, columns: tuple[str
         if "model" in batch.schema.names:
             models.update({d["values"]: d["counts"] for d in pc.value_counts(pc.drop_null(batch.column("model"))).to_pylist()})
         if manifest is not None:
-            ids = batch.column("id")
-            ok_ids.update(pc.filter(ids, is_ok).to_pylist())
-            failed_ids.update(pc.filter(ids, pc.invert(is_ok)).to_pylist())
+            keys = row_keys(batch)
+            ok_ids.update(pc.filter(keys, is_ok).to_pylist())
+            failed_ids.update(pc.filter(keys, pc.invert(is_ok)).to_pylist())
     last_options = status.last_runs[-1].get("options", {}) if status.last_runs else {}
     for run in status.last_runs:
         run.pop("options", None)
     status.models = [m for m, _ in models.most_common(3)]
+    status.tasks = sorted(last_options.get("tasks") or {})
     status.journal_rows = out.journal_rows if out else 0
     live = [b for b in Ledger.open(local_output(output)).live() if b.api != "file"]
     status.batches, status.batch_rows = len(live), sum(b.rows for b in live)
@@ -109,9 +112,10 @@ def _against_manifest(status: Status, m: Manifest, ok_ids: HashedSet, failed_ids
     status.manifest, status.manifest_rows, status.left, status.left_failed = str(m.path), 0, 0, 0
     for row in m.rows():
         status.manifest_rows += 1
-        if row.id not in ok_ids:
-            status.left += 1
-            status.left_failed += row.id in failed_ids
+        for k in [key(row.id, task) for task in status.tasks] or [row.id]:
+            if k not in ok_ids:
+                status.left += 1
+                status.left_failed += k in failed_ids
 
 
 def _last_runs(output: Path | str) -> list[dict[str, Any]]:
@@ -150,8 +154,9 @@ def describe(s: Status) -> str:
                      f"collects them (pipeline batch status {s.output})")
     if s.manifest is not None:
         never = s.left - s.left_failed
-        lines.append(f"  manifest {s.manifest}: {s.manifest_rows:,} rows, {s.left:,} left ({s.left_failed:,} failed, {never:,} not tried); "
-                     "rerun the caption command to do them" if s.left else f"  manifest {s.manifest}: {s.manifest_rows:,} rows, all done")
+        rows = f"{s.manifest_rows:,} rows" + (f" x {len(s.tasks)} tasks ({', '.join(s.tasks)})" if s.tasks else "")
+        lines.append(f"  manifest {s.manifest}: {rows}, {s.left:,} left ({s.left_failed:,} failed, {never:,} not tried); "
+                     "rerun the caption command to do them" if s.left else f"  manifest {s.manifest}: {rows}, all done")
     if s.last_runs:
         lines.append("  last runs:")
         lines.extend(f"    {_run_line(r)}" for r in reversed(s.last_runs))

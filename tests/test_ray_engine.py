@@ -188,3 +188,26 @@ def test_without_ray_installed_the_engine_says_what_to_install(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     with pytest.raises(ConfigError, match=r"--engine ray needs Ray: pip install 'pipeline\[ray\]'"):
         run_on_ray([], None, None, None, None)
+
+
+def test_tasks_on_ray_write_the_rows_the_local_engine_writes(simulator, tmp_path):
+    import json
+
+    from pipeline.outputs import Output
+
+    manifest = _manifest(tmp_path, 4)
+    (tmp_path / "tags.json").write_text(json.dumps({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
+                                                    "required": ["tags"], "additionalProperties": False}))
+    job = tmp_path / "job.toml"
+    job.write_text('model = "gpt-4.1-mini"\n[tasks.short]\nprompt = "One sentence."\n[tasks.tags]\nprompt = "Tags."\nschema = "tags.json"\n')
+
+    def rows(out):
+        return {(r["id"], r["task"]): {c: r[c] for c in (*SAME, "task", "tags")} for b in Output(out).batches() for r in b.to_pylist()}
+
+    local, _ = helpers.caption(manifest, tmp_path / "local.parquet", simulator.base_url, "sk-ray-0123456789", job=job)
+    summary, _ = helpers.caption(manifest, tmp_path / "ray.parquet", simulator.base_url, "sk-ray-0123456789", job=job, engine="ray")
+    assert (summary.ok, summary.error) == (local.ok, local.error) == (8, 2)
+    assert rows(tmp_path / "ray.parquet") == rows(tmp_path / "local.parquet")
+    simulator.reset()
+    summary, _ = helpers.caption(manifest, tmp_path / "ray.parquet", simulator.base_url, "sk-ray-0123456789", job=job, engine="ray")
+    assert summary.skipped == 8 and simulator.stats()["requests"] == 0

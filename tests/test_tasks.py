@@ -137,8 +137,6 @@ def test_task_settings_are_checked(tmp_path):
         with pytest.raises(ConfigError) as raised:
             load(text)
         assert message in str(raised.value)
-    with pytest.raises(ConfigError, match="local engine, online"):
-        load('[tasks.short]\nprompt = "x"\n', batch=True)
 
 
 def test_the_dry_run_counts_a_row_per_task(tmp_path, job):
@@ -214,3 +212,54 @@ def test_export_wide_gives_one_row_per_image(simulator, tmp_path, job):
     bad = subprocess.run([sys.executable, "-m", "pipeline", "export", str(out), "--wide", "--format", "csv", "--columns", "caption"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no column caption in its wide form" in bad.stderr
+
+
+def test_twins_reuse_the_answer_of_their_own_task(simulator, tmp_path, job):
+    helpers.make_images(tmp_path / "img", 2)
+    manifest = tmp_path / "m.csv"  # b is a's bytes under another id
+    manifest.write_text("id,image\na,img/img000.png\nb,img/img000.png\nc,img/img001.png\n")
+    summary, rows = run(manifest, tmp_path / "out.parquet", simulator, job)
+    assert simulator.stats()["requests"] == 4  # a and c, each once per task
+    assert summary.ok == 6 and summary.reused == 2
+    for task in ("short", "tags"):
+        twin, source = rows["b", task], rows["a", task]
+        assert twin["reused_from"] == "a" and twin["attempts"] == 0 and twin["cost_usd"] == 0
+        assert twin["caption"] == source["caption"] and twin["tags"] == source["tags"]
+
+
+def test_status_counts_what_is_left_per_task(simulator, tmp_path, job):
+    manifest = helpers.image_manifest(tmp_path, 3)
+    out = tmp_path / "out.parquet"
+    run(manifest, out, simulator, job, limit=2)  # two images, both tasks
+
+    def status():
+        result = subprocess.run([sys.executable, "-m", "pipeline", "status", str(out), str(manifest), "--json"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    s = status()
+    assert (s["rows"], s["ok"], s["manifest_rows"], s["left"], s["tasks"]) == (4, 4, 3, 2, ["short", "tags"])
+    job.write_text(JOB.format(short="Another sentence."))
+    run(manifest, out, simulator, job, limit=1)  # one image's short task again: its tags answer still holds
+    assert status()["left"] == 2
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+def test_tasks_as_batch_jobs_match_online_and_rerun_per_task(simulator, tmp_path, job, api):
+    simulator.configure(batch_seconds=0.2)
+    manifest = helpers.image_manifest(tmp_path, 3)
+    batch = {"batch": True, "batch_poll": 0.05, "batch_api": api}
+    _, online = run(manifest, tmp_path / "online.parquet", simulator, job)
+    simulator.reset()
+    summary, rows = run(manifest, tmp_path / "batch.parquet", simulator, job, **batch)
+    assert summary.ok == 6 and simulator.stats()["batches"]["lines"] == 6
+    for k, row in rows.items():
+        assert (row["status"], row["tags"], row["fingerprint"]) == ("ok", online[k]["tags"], online[k]["fingerprint"])
+        if k[1] == "short":  # (a Message Batch gets the tags schema in its prompt, and its answer says more around the JSON)
+            assert row["caption"] == online[k]["caption"]
+
+    job.write_text(JOB.format(short="A different sentence."))
+    summary, rows = run(manifest, tmp_path / "batch.parquet", simulator, job, **batch)
+    assert summary.ok == 3 and summary.skipped == 3 and simulator.stats()["batches"]["lines"] == 9
+    assert len(rows) == 6 and len(pq.read_table(tmp_path / "batch.parquet")) == 6

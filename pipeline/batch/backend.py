@@ -32,6 +32,7 @@ from .collect import collect
 from .ledger import Batch, Ledger
 from .lines import anthropic_line, openai_line
 from .packer import Packer, custom_id
+from ..rowkey import key
 
 log = logging.getLogger("pipeline")
 # What a poll may meet and live through, once its own retries are spent (a quota or a bad key is not).
@@ -176,8 +177,9 @@ async def run_batches(config: JobConfig, rows: Iterable[ManifestRow], images: Im
 def batch_encoder(config: JobConfig):
     """(task config, row, prompt, image_url) -> the row's whole batch line, for CaptionJob.prepare."""
     if config.batch_api == "anthropic":
-        return lambda task, row, prompt, image_url: anthropic_line(custom_id("anthropic", row.id), task, prompt, image_url)
-    return lambda task, row, prompt, image_url: openai_line(row.id, encode_chat_request(task, prompt, image_url))
+        return lambda task, row, prompt, image_url: anthropic_line(custom_id("anthropic", key(row.id, row.task)), task, prompt, image_url)
+    return lambda task, row, prompt, image_url: openai_line(custom_id("openai", key(row.id, row.task)),
+                                                            encode_chat_request(task, prompt, image_url))
 
 
 def waiting_note(ledger: Ledger, again: int = 0) -> str | None:

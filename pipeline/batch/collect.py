@@ -21,7 +21,9 @@ from ..hashedset import HashedSet
 from ..outputs import Output
 from ..progress import Progress
 from ..records import ManifestRow, PreparedImage
+from ..rowkey import key, row_keys
 from ..structured import InvalidOutputError, answer_schema
+from ..tasks import task_configs
 from ..results import OutputRow, error_row, ok_row
 from ..usage import billed_usage
 from ..writer import ResultWriter
@@ -69,7 +71,7 @@ def write_rows(rows: Iterator[dict[str, Any]], results: dict[str, LineResult], c
         if result is None or (result.completion is None and result.error is None):
             again += 1
             continue
-        if written_before is not None and meta["id"] in written_before:
+        if written_before is not None and key(meta["id"], meta.get("task")) in written_before:
             continue
         out = output_row(meta, result, config, price)
         writer.write(out)
@@ -82,9 +84,10 @@ def write_rows(rows: Iterator[dict[str, Any]], results: dict[str, LineResult], c
 
 
 def output_row(meta: dict[str, Any], result: LineResult, config: JobConfig, price: Price | None) -> OutputRow:
-    row = ManifestRow(meta["line"], meta["id"], meta["image"], meta["source"], meta.get("prompt"), meta.get("extra") or {})
+    row = ManifestRow(meta["line"], meta["id"], meta["image"], meta["source"], meta.get("prompt"), meta.get("extra") or {},
+                      task=meta.get("task"))
     image = PreparedImage(url=b"", **meta["img"])
-    answers = answer_schema(config)
+    answers = answer_schema(task_configs(config).get(row.task, config))
     columns = dict.fromkeys(answers.columns.values()) if answers is not None else None
     error = result.error
     if result.completion is not None:
@@ -103,7 +106,7 @@ def output_row(meta: dict[str, Any], result: LineResult, config: JobConfig, pric
 
 
 def _written_since(output: Path, since: float) -> HashedSet:
-    """The ids of the rows the output got since `since` (epoch seconds): read only after an interrupted collection."""
+    """The keys (rowkey.py) of the rows the output got since `since` (epoch seconds): read only after an interrupted collection."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -112,10 +115,10 @@ def _written_since(output: Path, since: float) -> HashedSet:
         rows = Output(output)
     except ConfigError:  # nothing written yet
         return ids
-    for batch in rows.batches(["id", "completed_at"]):
+    for batch in rows.batches(["id", "task", "completed_at"]):
         table = pa.Table.from_batches([batch])
         newer = pc.greater_equal(pc.cast(table.column("completed_at"), pa.int64()), int(since * 1000))
-        ids.update(table.filter(pc.fill_null(newer, False)).column("id").to_pylist())
+        ids.update(row_keys(table.filter(pc.fill_null(newer, False))).to_pylist())
     return ids
 
 

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 from ..errors import write_error
 from ..files import batches_path, fsync_directory
 from ..hashedset import HashedSet
+from ..rowkey import key
 
 LEDGER = "ledger.jsonl"
 
@@ -102,13 +103,13 @@ class Ledger:
         self._apply(entry)
 
     def pending_ids(self) -> HashedSet:
-        """The ids in live provider batches: never prepared again while their batch may still be answered.
+        """The row keys (rowkey.py) in live provider batches: never prepared again while their batch may still be answered.
 
         (An export's rows are not: nobody may ever run them.)"""
         live = [b for b in self.live() if b.api != "file"]
         ids = HashedSet(sum(b.rows for b in live))
         for batch in live:
-            ids.update(row["id"] for row in self.read_rows(batch.key))
+            ids.update(key(row["id"], row.get("task")) for row in self.read_rows(batch.key))
         return ids
 
     def read_rows(self, key: str) -> Iterator[dict[str, Any]]:

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 from typing import IO, Awaitable, Callable
 
+from ..rowkey import key
 from ..config import JobConfig
 from ..job import ReadyRequest
 from .ledger import Batch, Ledger
@@ -64,7 +65,7 @@ class Packer:
             self._filling = _Filling(self.ledger)
         filling = self._filling
         filling.requests.write(line)
-        filling.rows.write(_row_line(ready, custom_id(self.api, ready.row.id)))
+        filling.rows.write(_row_line(ready, custom_id(self.api, key(ready.row.id, ready.row.task))))
         filling.count += 1
         filling.bytes += len(line)
         filling.worst += worst
@@ -98,16 +99,17 @@ class Packer:
             self._submitting.append(asyncio.create_task(self.submit(self.ledger.batches[filling.key])))
 
 
-def custom_id(api: str, row_id: str) -> str:
-    """The row id itself in OpenAI lines (readable in an export); a hash for Anthropic, whose ids allow only [A-Za-z0-9_-]."""
+def custom_id(api: str, row_key: str) -> str:
+    """The row's key (rowkey.py: its id, or id and task) in OpenAI lines, readable in an export; a hash for
+    Anthropic, whose ids allow only [A-Za-z0-9_-]."""
     if api != "anthropic":
-        return row_id
-    return "r" + hashlib.sha256(row_id.encode()).hexdigest()[:40]
+        return row_key
+    return "r" + hashlib.sha256(row_key.encode()).hexdigest()[:40]
 
 
 def _row_line(ready: ReadyRequest, custom: str) -> bytes:
     row, image = ready.row, asdict(ready.image)
     image.pop("url")
-    meta = {"c": custom, "id": row.id, "image": row.image, "source": row.source, "line": row.line,
+    meta = {"c": custom, "id": row.id, "task": row.task, "image": row.image, "source": row.source, "line": row.line,
             "prompt": row.prompt, "extra": row.extra, "fp": ready.fingerprint, "tokens": ready.tokens, "img": image}
     return json.dumps(meta, ensure_ascii=False, default=str).encode() + b"\n"
