@@ -44,8 +44,10 @@ def count_plan(manifest: Manifest, work: "TaskRows", limit: int | None, cancelle
     reader = manifest.second_reader()
     already = 0
 
-    def done(n: int) -> None:
+    def done(n: int) -> None:  # heard for every row read when the output has rows: mostly-done manifests stop fast too
         nonlocal already
+        if cancelled.is_set():
+            raise _Cancelled
         already += n
 
     left = 0

@@ -186,8 +186,9 @@ def _not_in_live_batches(rows: Iterable[ManifestRow], ledger: Ledger, batch: boo
 
 
 def _progress(config: JobConfig, manifest: Manifest, price: Price | None) -> Progress:
-    tasks = len(config.tasks) or 1
-    return Progress(manifest.count() * tasks, limit=config.limit * tasks if config.limit is not None else None, unpriced=None if price else unpriced_note(config.model, config.prices))
+    tasks = len(config.tasks) or 1  # a row per image and task; --limit counts images
+    return Progress(manifest.count() * tasks, limit=config.limit * tasks if config.limit is not None else None,
+                    unpriced=None if price else unpriced_note(config.model, config.prices))
 
 
 @asynccontextmanager

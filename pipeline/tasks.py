@@ -10,6 +10,7 @@ single task None, whose rows have no task, as before.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from typing import Any, Callable, Iterator
 
@@ -93,6 +94,11 @@ class TaskRows:
                    done: Callable[[int], None] = lambda n: None) -> Iterator[ManifestRow]:
         """The rows to do from `rows_of(skip=...)` (a manifest's reader), at most `limit` manifest rows of them,
         each once per task left; `done(n)` hears of every row read, with how many of its tasks are done."""
+        if limit == 0:
+            return
+        if self.names == (None,):  # no tasks: one question per row (the nightly resume's path, kept lean)
+            yield from itertools.islice(rows_of(skip=self._skip_done(done) if self._index is not None else None), limit)
+            return
         last: tuple[str | None, tuple[str | None, ...]] = (None, self.names)
 
         def skip(row_id: str, prompt: str | None, source: str) -> bool:
@@ -102,15 +108,19 @@ class TaskRows:
             last = (row_id, left)
             return not left
 
-        if limit == 0:
-            return
-        read = rows_of(skip=skip if self._index is not None else None)
-        for count, row in enumerate(read, 1):
+        for count, row in enumerate(rows_of(skip=skip if self._index is not None else None), 1):
             left = last[1] if last[0] == row.id else self.names  # skip() was asked about this row just before it came
-            if self.names == (None,):
-                yield row
-            else:
-                for name in left:
-                    yield dataclasses.replace(row, prompt=None, task=name, share=len(left))
+            for name in left:
+                yield dataclasses.replace(row, prompt=None, task=name, share=len(left))
             if count == limit:
                 return
+
+    def _skip_done(self, done: Callable[[int], None]) -> Callable[[str, str | None, str], bool]:
+        index, fingerprint, default = self._index, self._fingerprints[None], self._prompt
+
+        def skip(row_id: str, prompt: str | None, source: str) -> bool:
+            finished = index.is_done(row_id, fingerprint(prompt or default), source)
+            done(finished)
+            return finished
+
+        return skip
