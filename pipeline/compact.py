@@ -1,4 +1,4 @@
-"""`pipeline compact OUTPUT [--parts N]`: rewrite a dataset output into N parts holding exactly one row per id.
+"""`pipeline compact OUTPUT [--parts N]`: rewrite a dataset output into N parts holding exactly one row per id (per id and task, rowkey.py).
 
 Under the output's lock (no run writes meanwhile). A journal a killed run left is first added as a part.
 The newest row per id goes into the new parts, written under temporary names and renamed; then
@@ -134,6 +134,6 @@ def main(argv: list[str]) -> int:
         error = e if isinstance(e, OutputWriteError) else write_error(getattr(e, "filename", None) or args.output, e, "compact")
         print(f"pipeline compact: error: {error}", file=sys.stderr)
         return EXIT_IO
-    print(f"compacted {args.output}: {before} parts -> {min(args.parts, rows)}, {rows:,} rows (one per id)", file=sys.stderr)
+    print(f"compacted {args.output}: {before} parts -> {min(args.parts, rows)}, {rows:,} rows (one per id, or per id and task)", file=sys.stderr)
     return 0
 

@@ -1,4 +1,4 @@
-"""Folding a journal into the output: the newest row per id wins, and a reader never sees half a file.
+"""Folding a journal into the output: the newest row per id (per id and task: rowkey.py) wins, and a reader never sees half a file.
 
 A single-file output is rewritten: its rows stream through, minus the ids the journal has newer rows
 for, then the journal's rows, into a temporary file that is fsynced and renamed over it. A dataset

@@ -111,6 +111,8 @@ def test_a_failed_task_is_retried_alone_and_a_bad_image_fails_every_task(simulat
     assert {(k[1], r["error_type"]) for k, r in rows.items() if "broken" in k[0]} == {("short", "not_an_image"), ("tags", "not_an_image")}
 
     sent = simulator.stats()["requests"]
+    summary, _ = run(manifest, out, simulator, job, max_invalid=0, retry_errors=False)  # failed (id, task) pairs are left alone
+    assert summary.skipped == 6 and simulator.stats()["requests"] == sent
     summary, rows = run(manifest, out, simulator, job, max_invalid=0)
     assert simulator.stats()["requests"] - sent == 2  # the two tags rows; the short ones were ok
     assert summary.ok == 2 and summary.skipped == 2
