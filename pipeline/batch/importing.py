@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
 
 from ..config import DEFAULT_PRICES, JobConfig
 from ..cost import load_price
 from ..progress import Progress
 from ..storage import Storage
 from ..target import Target
+from ..tasks import answer_columns
 from ..writer import ResultWriter
 from .collect import write_rows
 from .ledger import Ledger
@@ -36,16 +40,16 @@ async def _import(results_file: Path, output: Path | str, prices: Path) -> tuple
         async with target.held():
             ledger = Ledger.open(target.local)
             exported = [b for b in ledger.batches.values() if b.api == "file" and not b.done]
-            writer = ResultWriter(target.local).open()
+            configs = {b.key: JobConfig(model=b.model or JobConfig().model, prices=prices, **(b.answers or {})) for b in exported}
+            writer = ResultWriter(target.local, columns=_answer_columns(configs.values())).open()
             matched: set[str] = set()
             written = left = 0
             try:
                 for batch in exported:
-                    model = batch.model or JobConfig().model
-                    config = JobConfig(model=model, prices=prices)
+                    config = configs[batch.key]
                     rows = list(ledger.read_rows(batch.key))
                     matched.update(row["c"] for row in rows if row["c"] in results)
-                    done, again, _ = write_rows(iter(rows), results, config, load_price(prices, model, batch=True), writer,
+                    done, again, _ = write_rows(iter(rows), results, config, load_price(prices, config.model, batch=True), writer,
                                                 Progress(None, interactive=False), None)
                     written += done
                     left += again
@@ -57,6 +61,14 @@ async def _import(results_file: Path, output: Path | str, prices: Path) -> tuple
                 writer.close()
                 target.publish()
     return written, left, len(set(results) - matched)
+
+
+def _answer_columns(configs: Iterable[JobConfig]) -> pa.Schema | None:
+    """The typed answer columns of every exported batch's schema (or tasks' schemas), together."""
+    fields: dict[str, pa.Field] = {}
+    for config in configs:
+        fields.update({f.name: f for f in answer_columns(config) or ()})
+    return pa.schema(list(fields.values())) if fields else None
 
 
 def _read(path: Path) -> dict[str, LineResult]:

@@ -40,6 +40,7 @@ class Batch:
     worst_usd: float  # the most its rows can cost: --max-cost counts it as in flight until it is collected
     at: float  # when it was prepared (epoch seconds)
     model: str | None = None  # what its requests ask (an import prices the answers by it)
+    answers: dict[str, Any] | None = None  # the schema, schema_mode and tasks its answers are read with (packer.answer_settings)
     file_id: str | None = None
     batch_id: str | None = None
     status: str | None = None  # the provider's last word on it
@@ -138,7 +139,7 @@ class Ledger:
         event, key = entry["event"], entry["key"]
         if event == "prepared":
             self.batches[key] = Batch(key, entry["api"], entry["rows"], entry["bytes"], entry.get("worst_usd", 0.0), entry["at"],
-                                      entry.get("model"))
+                                      entry.get("model"), answers=entry.get("answers"))
             return
         batch = self.batches[key]
         if event == "uploaded":

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from dataclasses import asdict
-from typing import IO, Awaitable, Callable
+from typing import IO, Any, Awaitable, Callable
 
 from ..rowkey import key
 from ..config import JobConfig
@@ -94,9 +94,17 @@ class Packer:
             return
         filling.seal()
         self.ledger.record("prepared", filling.key, api=self.api, rows=filling.count, bytes=filling.bytes,
-                           worst_usd=round(filling.worst, 9), at=round(time.time(), 3), model=self.config.model)
+                           worst_usd=round(filling.worst, 9), at=round(time.time(), 3), model=self.config.model,
+                           **({"answers": answers} if (answers := answer_settings(self.config)) else {}))
         if self.submit is not None:
             self._submitting.append(asyncio.create_task(self.submit(self.ledger.batches[filling.key])))
+
+
+def answer_settings(config: JobConfig) -> dict[str, Any]:
+    """What reading the answers takes (the schema, the tasks), kept with the batch: `pipeline batch import` has no job file."""
+    if config.schema is None and not config.tasks:
+        return {}
+    return {"schema": config.schema, "schema_mode": config.schema_mode, "tasks": config.tasks}
 
 
 def custom_id(api: str, row_key: str) -> str:
