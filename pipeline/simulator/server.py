@@ -7,7 +7,7 @@ connections, requests that never finish, 200s whose body is useless, and
 streams that carry an error, break off or stall. Faults come from seeded random
 rates, or from `fault_script`, which replays an exact sequence per image: the
 Nth request carrying an image gets the Nth entry. It enforces rate limits the
-way a provider does (limits.py), plays real providers' dialects (dialects.py),
+way a provider does (limits.py), plays real providers' dialects (dialects.py) and faults (misbehave.py),
 serves test images (assets.py) and both batch APIs (batches.py, message_batches.py).
 It listens on loopback only.
 """
@@ -24,24 +24,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from pipeline.simulator.answers import (
-    bad_request_response,
-    completion_body,
-    drop_connection,
-    error_body,
-    image_key,
-    malformed_body,
-    status_response,
-)
+from pipeline.simulator.answers import bad_request_response, completion_body, error_body, image_key
 from pipeline.simulator.assets import AssetRoutes
 from pipeline.simulator.batches import BatchEngine, OpenAIBatches
-from pipeline.simulator.dialects import ANSWER_FAULTS, play_answer, play_fault_dialect, rename_like_a_gateway, stream_error_frame
+from pipeline.simulator.dialects import ANSWER_FAULTS, play_answer, rename_like_a_gateway
 from pipeline.simulator.limits import Limits, SlidingWindow, limit_error, retry_headers
 from pipeline.simulator.message_batches import MessageBatches
+from pipeline.simulator.misbehave import Misbehaviour
 from pipeline.simulator.structured import response_format_schema, schema_in_prompt, structured_answer
 from pipeline.simulator.request import BadRequest, ChatRequest, parse_chat_request, recorded_headers, url_timeout
-from pipeline.simulator.settings import DEFAULT_MODEL, MALFORMED_VARIANTS, MAX_BODY_BYTES, SimulatorSettings, SimulatorStats, pick_fault
-from pipeline.simulator.stream import STREAM_FAULTS, SSEWriter, completion_chunks, error_payload
+from pipeline.simulator.settings import DEFAULT_MODEL, MAX_BODY_BYTES, SimulatorSettings, SimulatorStats, pick_fault
+from pipeline.simulator.stream import STREAM_FAULTS
 from pipeline.simulator.vision import (
     ImageFetchTimeout,
     UndecodableImage,
@@ -66,13 +59,13 @@ class Simulator:
         self._window = SlidingWindow()
         self._stopping = asyncio.Event()  # wakes hung requests so a stop never waits for them
         self._batches: BatchEngine | None = None
+        self._misbehave = Misbehaviour(self)
         self._reseed()
 
     def _reseed(self) -> None:
         self._fault_rng = random.Random(self.settings.seed)
         self._jitter_rng = random.Random(self.settings.seed + 1)  # jitter never shifts fault draws
-        self._stream_rng = random.Random(self.settings.seed + 2)  # nor do fragment sizes
-        self._malformed_turn = 0
+        self._misbehave.reseed(self.settings.seed + 2)  # nor do fragment sizes
 
     def configure(self, **knobs: Any) -> None:
         self.settings.update(**knobs)
@@ -168,7 +161,7 @@ class Simulator:
         limits = Limits(settings.rpm_limit, settings.tpm_limit, settings.limit_window, settings.limit_headers)
         headers = {"x-request-id": f"req-sim-{n}", **self._window.peek(limits)}
         if not self._authorized(request):
-            return self._status(401, headers)
+            return self._misbehave.status(401, headers)
         if isinstance(chat, BadRequest):
             return bad_request_response(chat, headers)
         if isinstance(chat, Exception):
@@ -202,7 +195,7 @@ class Simulator:
         if fault in STREAM_FAULTS and not chat.stream:
             fault = "reset" if fault == "truncated" else None  # a body cut short; the rest need a stream
         if fault is not None and fault not in STREAM_FAULTS and fault not in ANSWER_FAULTS:
-            return await self._inject(request, fault, n, chat, headers)
+            return await self._misbehave.inject(request, fault, n, chat, headers)
         try:
             width, height, caption = seen or await self._look(chat)
         except BadRequest as exc:
@@ -221,12 +214,12 @@ class Simulator:
         else:
             counts["ok"] += 1
         if chat.stream:
-            return await self._stream(request, completion, chat.include_usage, headers, None if fault in ANSWER_FAULTS else fault)
+            return await self._misbehave.stream(request, completion, chat.include_usage, headers, None if fault in ANSWER_FAULTS else fault)
         return web.json_response(completion, headers=headers)
 
     async def _models(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return self._status(401, {})
+            return self._misbehave.status(401, {})
         model = self.settings.model or DEFAULT_MODEL
         return web.json_response({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "simulator"}]})
 
@@ -274,71 +267,3 @@ class Simulator:
         if self.settings.api_key is None:
             return bool(token.strip())
         return hmac.compare_digest(token.encode(), self.settings.api_key.encode())
-
-    async def _inject(self, request: web.Request, fault: str, n: int, chat: ChatRequest, headers: dict[str, str]) -> web.StreamResponse:
-        if fault == "malformed":
-            fault = f"malformed:{MALFORMED_VARIANTS[self._malformed_turn % len(MALFORMED_VARIANTS)]}"
-            self._malformed_turn += 1
-        self.stats.faults[fault] += 1
-        if fault == "reset":
-            self.stats.by_status["reset"] += 1
-            await drop_connection(request)
-        if fault == "hang":
-            self.stats.by_status["hang"] += 1  # counted now: the client usually gives up first
-            await self._hang()
-            await drop_connection(request)
-        if fault.startswith("malformed:"):
-            body = malformed_body(fault.partition(":")[2], n, chat.model)
-            if chat.stream:
-                response, writer = await self._start_stream(request, headers)
-                await writer.send([body])
-                await writer.end()
-                return response
-            return web.Response(text=body, content_type="application/json", headers=headers)
-        if fault == "url_timeout":
-            return bad_request_response(url_timeout(chat.image_url), headers)
-        dialect = await play_fault_dialect(fault, request, headers, self.settings.retry_after)
-        if dialect is not None:
-            return dialect
-        if fault == "quota":  # OpenAI's 429 for an account out of credit: retrying does not help
-            body = error_body("You exceeded your current quota, please check your plan and billing details.", "insufficient_quota", "insufficient_quota")
-            return web.json_response(body, status=429, headers=headers)
-        return self._status(int(fault), headers, model=chat.model)
-
-    def _status(self, status: int, headers: dict[str, str], model: str = "") -> web.Response:
-        return status_response(status, headers, self.settings.retry_after, self.settings.retry_after_form, model)
-
-    async def _start_stream(self, request: web.Request, headers: dict[str, str]) -> tuple[web.StreamResponse, SSEWriter]:
-        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        return response, SSEWriter(response, self.settings.stream_style, self._stream_rng)
-
-    async def _stream(self, request: web.Request, completion: dict[str, Any], include_usage: bool,
-                      headers: dict[str, str], fault: str | None) -> web.StreamResponse:
-        """A 200 event stream; with a stream fault it goes wrong after the first content chunks."""
-        chunks = completion_chunks(completion, include_usage)
-        response, writer = await self._start_stream(request, headers)
-        if fault is None:
-            await writer.send(chunks)
-            await writer.end()
-            return response
-        content_chunks = len(chunks) - 1 - include_usage
-        await writer.send(chunks[: 1 if fault == "stall" else max(1, content_chunks // 2)])
-        if fault in ("stream_error", "stream_error_vllm"):
-            await writer.send([error_payload(fault)])
-            await writer.end(done=False)
-            return response
-        if fault.startswith("stream_error_"):  # the servers that send [DONE] after their error
-            field, payload = stream_error_frame(fault)
-            await writer.send([payload], field=field)
-            await writer.end()
-            return response
-        self.stats.by_status[fault] += 1  # truncated or stall: the handler never returns normally
-        if fault == "stall":
-            await self._hang()
-        await drop_connection(request)
-
-    async def _hang(self) -> None:
-        """Wait hang_seconds, or until the simulator stops."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self.settings.hang_seconds)
