@@ -42,6 +42,8 @@ from .target import Target
 from .summary import RunSummary, run_record, summarize_run
 from .dedupe import Dedupe, batch_keys, journal_rows, output_rows
 from .tasks import TaskRows, answer_columns
+from .files import temporary_path
+from .merge import anchor
 from .writer import ResultWriter
 
 log = logging.getLogger("pipeline")
@@ -96,7 +98,7 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
             ledger.remove_orphans()  # a batch a kill stopped while it filled: never recorded, its rows are to do
             rows = _not_in_live_batches(planning.rows, ledger, config.batch)
             if config.dedupe and config.engine == "local":
-                dedupe = Dedupe(index.answered, answers.names if answers else ())
+                dedupe = Dedupe(temporary_path(anchor(target.local), ".twins"), index.answered, answers.names if answers else ())
                 dedupe.answered.update(batch_keys(ledger.rows_path(b.key) for b in ledger.live()))
             if config.batch:
                 from .batch.backend import run_batches  # only for --batch
@@ -114,8 +116,12 @@ async def _run_with(config: JobConfig, store: Storage, started_at: float) -> Run
         finally:
             if planning is not None:
                 planning.stop()
-            if dedupe is not None and dedupe.held:
-                _write_reused(dedupe, writer, progress, index)
+            if dedupe is not None:
+                try:
+                    if dedupe.held:
+                        _write_reused(dedupe, writer, progress, index)
+                finally:
+                    dedupe.close()
             progress.close()
             writer.close()
             target.publish()
@@ -152,10 +158,8 @@ async def _run_local(config: JobConfig, store: Storage, rows: Iterable[ManifestR
 def _write_reused(dedupe: Dedupe, writer: ResultWriter, progress: Progress, index: ResumeIndex) -> None:
     """The held rows, answered by the rows with their image: from the output's earlier runs, then this run's journal."""
     writer.sync()  # this run's rows, on disk to be read back
-    hashes = {held.image.sha256 for held in dedupe.held}
-    earlier = output_rows(index.files, hashes, dedupe.answer_columns)
-    rows, _ = dedupe.finish(itertools.chain(earlier, journal_rows(writer.journal)))
-    for row in rows:
+    earlier = output_rows(index.files, dedupe.hashes, dedupe.answer_columns)
+    for row in dedupe.finish(itertools.chain(earlier, journal_rows(writer.journal))):
         writer.write(row)
         progress.record(row)
 

@@ -5,6 +5,8 @@ import shutil
 
 import pyarrow.parquet as pq
 
+import pytest
+
 import helpers
 
 KEY = "sk-dedupe-test-51b0"
@@ -33,6 +35,33 @@ def test_twins_in_one_run_are_sent_once_and_reuse_the_answer(simulator, tmp_path
         assert copy["reused_from"] == first["id"] and copy["caption"] == first["caption"] and copy["status"] == "ok"
         assert (copy["attempts"], copy["cost_usd"], copy["image_sha256"]) == (0, 0.0, first["image_sha256"])
         assert first["reused_from"] is None and first["cost_usd"] > 0
+    assert not list(tmp_path.glob(".*.tmp"))  # the held rows' scratch file is gone with the run
+
+
+def test_held_rows_wait_on_disk_and_a_full_disk_says_so(tmp_path, monkeypatch):
+    from pipeline.dedupe import Dedupe, twin_key
+    from pipeline.errors import OutputWriteError
+    from pipeline.hashedset import HashedSet
+    from pipeline.records import ManifestRow, PreparedImage
+
+    spill = tmp_path / ".twins.tmp"
+    dedupe = Dedupe(spill)
+    image = PreparedImage(b"", "image/png", "ab" * 32, 10, 4, 3, 4, 3, 10, 1)
+    assert not dedupe.hold(ManifestRow(1, "a", "a.png", "/a.png"), image, "fp")  # the first is sent
+    for i in range(3):
+        assert dedupe.hold(ManifestRow(i + 2, f"twin{i}", "a.png", "/a.png", extra={"n": i}, task="t"), image, "fp")
+    dedupe._file.flush()
+    assert len(spill.read_text().splitlines()) == 3  # on disk, not in memory
+    rows = list(dedupe.finish([{"id": "a", "image_sha256": "ab" * 32, "fingerprint": "fp", "status": "ok", "caption": "c"}]))
+    assert [(r["id"], r["task"], r["n"], r["reused_from"], r["caption"]) for r in rows] == \
+        [(f"twin{i}", "t", i, "a", "c") for i in range(3)]
+    assert not spill.exists() and dedupe.left == 0
+
+    full = Dedupe(tmp_path / "full.tmp", answered=HashedSet())
+    full.answered.add(twin_key("ab" * 32, "fp"))  # answered by an earlier run: the next such row is held
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OutputWriteError, match="the disk is full"):
+        full.hold(ManifestRow(9, "b", "a.png", "/a.png"), image, "fp")
 
 
 def test_a_twin_added_later_reuses_the_earlier_runs_answer(simulator, tmp_path):
