@@ -296,3 +296,20 @@ def test_export_run_elsewhere_import_gives_each_task_its_typed_columns(simulator
     assert pq.read_schema(out).field("tags").type == pa.list_(pa.string())  # the export's schema came with its batch
     assert {k: (r["caption"], r["tags"], r["fingerprint"]) for k, r in rows.items()} == \
         {k: (r["caption"], r["tags"], r["fingerprint"]) for k, r in online.items()}
+
+
+def test_the_example_annotation_job_runs_on_the_sample_images(simulator, tmp_path):
+    from pathlib import Path
+
+    from pipeline import run_job
+
+    job = Path(__file__).resolve().parent.parent / "jobs" / "annotate.toml"
+    config = load_config({"output": tmp_path / "annotations.parquet", "base_url": simulator.base_url},
+                         environ={"ANYFAST_API_KEY": KEY}, job_file=job)
+    summary = run_job(config)
+    rows = _rows(config.output)
+    images = {i for i, _ in rows}
+    assert summary.ok == 2 * (len(images) - 1) and summary.error == 2  # sample_data/broken.jpg fails both tasks
+    schema = pq.read_schema(config.output)
+    assert schema.field("objects").type.value_type == pa.struct([("label", pa.string()), ("count", pa.int64())])
+    assert all(isinstance(r["safe"], bool) for (_, task), r in rows.items() if task == "tags" and r["status"] == "ok")
