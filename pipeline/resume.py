@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from .config import JobConfig
 from .options import ALWAYS, IF_CHANGED, declared
-from .dedupe import twin_key
+from .dedupe import twin_keys
 from .hashedset import HashedSet
 from .dataset import stored_files
 from .files import journal_path, not_our_output
@@ -116,9 +116,9 @@ class ResumeIndex:
                 done = done.filter(pc.invert(stat))
             self._ok.update(zip(done.column("id").to_pylist(), done.column("fingerprint").to_pylist()))
         if self._keep_answered and "image_sha256" in table.column_names and "fingerprint" in table.column_names:
-            answered = table.filter(ok)  # (not pc.binary_join_element_wise: its separator scalar imports pandas too)
-            self.answered.update(twin_key(sha, fp) for sha, fp in zip(answered.column("image_sha256").to_pylist(),
-                                                              answered.column("fingerprint").to_pylist()) if sha and fp)
+            # (not pc.binary_join_element_wise: its separator scalar imports pandas too)
+            answered = table.filter(pc.and_(ok, pc.and_(pc.is_valid(table.column("image_sha256")), pc.is_valid(table.column("fingerprint")))))
+            self.answered.update(twin_keys(answered.column("image_sha256").to_pylist(), answered.column("fingerprint").to_pylist()))
         if self._failed is not None:
             not_ok = pc.or_kleene(pc.invert(ok), pc.is_null(ok))  # not pc.fill_null(ok, False), for the same reason
             self._failed.update(_keys(table.filter(not_ok)))
