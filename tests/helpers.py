@@ -40,3 +40,18 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_batch_with_the_openai_sdk(base_url, key, requests):
+    """Run a batch requests file "elsewhere": uploaded and polled with the official openai SDK; the results file's bytes."""
+    import time
+
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=key)
+    batch = client.batches.create(input_file_id=client.files.create(file=requests.open("rb"), purpose="batch").id,
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(0.05)
+        batch = client.batches.retrieve(batch.id)
+    return client.files.content(batch.output_file_id).content

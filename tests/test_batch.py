@@ -202,8 +202,6 @@ def test_export_then_run_elsewhere_then_import_gives_the_rows_an_online_run_give
     import base64
     import hashlib
 
-    import openai
-
     manifest = helpers.image_manifest(tmp_path, 5)
     _, online_rows = helpers.caption(manifest, tmp_path / "online.parquet", sim.base_url, KEY)
     out, requests = tmp_path / "out.parquet", tmp_path / "requests.jsonl"
@@ -218,13 +216,7 @@ def test_export_then_run_elsewhere_then_import_gives_the_rows_an_online_run_give
         sent = base64.b64decode(data_url.split(",", 1)[1])
         assert hashlib.sha256(sent).hexdigest() == online_rows[line["custom_id"]]["image_sha256"]  # the same image bytes as online
     # Run it elsewhere: a manual upload with the official SDK, to the simulator's batch API.
-    client = openai.OpenAI(base_url=sim.base_url, api_key=KEY)
-    batch = client.batches.create(input_file_id=client.files.create(file=requests.open("rb"), purpose="batch").id,
-                                  endpoint="/v1/chat/completions", completion_window="24h")
-    while batch.status not in ("completed", "failed", "expired", "cancelled"):
-        time.sleep(0.05)
-        batch = client.batches.retrieve(batch.id)
-    (tmp_path / "results.jsonl").write_bytes(client.files.content(batch.output_file_id).content)
+    (tmp_path / "results.jsonl").write_bytes(helpers.run_batch_with_the_openai_sdk(sim.base_url, KEY, requests))
     done = batch_cli("import", tmp_path / "results.jsonl", "-o", out)
     assert done.returncode == 0 and "imported 5 rows" in done.stderr, done.stderr
     rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}

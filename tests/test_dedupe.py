@@ -64,13 +64,19 @@ def test_held_rows_wait_on_disk_and_a_full_disk_says_so(tmp_path, monkeypatch):
         full.hold(ManifestRow(9, "b", "a.png", "/a.png"), image, "fp")
 
 
-def test_a_twin_added_later_reuses_the_earlier_runs_answer(simulator, tmp_path):
+def answered_then_a_twin_added(tmp_path, simulator, copy_of):
+    """A run over two images, then img/later.png (a copy of `copy_of`) added to the manifest: (manifest, output)."""
     manifest = helpers.image_manifest(tmp_path, 2)
     out = tmp_path / "out.parquet"
     run(manifest, out, simulator)
-    shutil.copy(tmp_path / "img" / "img001.png", tmp_path / "img" / "later.png")
+    shutil.copy(tmp_path / "img" / copy_of, tmp_path / "img" / "later.png")
     with manifest.open("a") as f:
         f.write("img/later.png\n")
+    return manifest, out
+
+
+def test_a_twin_added_later_reuses_the_earlier_runs_answer(simulator, tmp_path):
+    manifest, out = answered_then_a_twin_added(tmp_path, simulator, "img001.png")
     simulator.reset()
     summary, rows = run(manifest, out, simulator)
     assert simulator.stats()["requests"] == 0 and summary.reused == 1
@@ -139,12 +145,7 @@ def test_twins_in_batch_mode_go_in_one_line_and_are_written_when_it_is_collected
 
 
 def test_the_dry_run_counts_a_twin_of_an_earlier_runs_row(simulator, tmp_path, capsys):
-    manifest = helpers.image_manifest(tmp_path, 2)
-    out = tmp_path / "out.parquet"
-    run(manifest, out, simulator)
-    shutil.copy(tmp_path / "img" / "img000.png", tmp_path / "img" / "later.png")
-    with manifest.open("a") as f:
-        f.write("img/later.png\n")
+    manifest, out = answered_then_a_twin_added(tmp_path, simulator, "img000.png")
     capsys.readouterr()
     summary, _ = run(manifest, out, simulator, dry_run=True)
     printed = capsys.readouterr().out

@@ -268,10 +268,6 @@ def test_tasks_as_batch_jobs_match_online_and_rerun_per_task(simulator, tmp_path
 
 
 def test_export_run_elsewhere_import_gives_each_task_its_typed_columns(simulator, tmp_path, job):
-    import time
-
-    import openai
-
     manifest = helpers.image_manifest(tmp_path, 2)
     _, online = run(manifest, tmp_path / "online.parquet", simulator, job)
     out, requests = tmp_path / "out.parquet", tmp_path / "requests.jsonl"
@@ -284,13 +280,7 @@ def test_export_run_elsewhere_import_gives_each_task_its_typed_columns(simulator
     batch_cli("export", manifest, "-o", requests, "--output", out, "--job", job)
     lines = [json.loads(line) for line in requests.read_text().splitlines()]
     assert sorted(line["custom_id"] for line in lines) == sorted(f"{i}\x1f{t}" for i, t in online)
-    client = openai.OpenAI(base_url=simulator.base_url, api_key=KEY)  # run elsewhere: an upload with the official SDK
-    batch = client.batches.create(input_file_id=client.files.create(file=requests.open("rb"), purpose="batch").id,
-                                  endpoint="/v1/chat/completions", completion_window="24h")
-    while batch.status not in ("completed", "failed", "expired", "cancelled"):
-        time.sleep(0.05)
-        batch = client.batches.retrieve(batch.id)
-    (tmp_path / "results.jsonl").write_bytes(client.files.content(batch.output_file_id).content)
+    (tmp_path / "results.jsonl").write_bytes(helpers.run_batch_with_the_openai_sdk(simulator.base_url, KEY, requests))
     assert "imported 4 rows" in batch_cli("import", tmp_path / "results.jsonl", "-o", out).stderr
     rows = _rows(out)
     assert pq.read_schema(out).field("tags").type == pa.list_(pa.string())  # the export's schema came with its batch
