@@ -1,6 +1,7 @@
 """[tasks.NAME] in a job file: several questions per image, one output row per (id, task), resumed per task."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -303,3 +304,22 @@ def test_the_example_annotation_job_runs_on_the_sample_images(simulator, tmp_pat
     schema = pq.read_schema(config.output)
     assert schema.field("objects").type.value_type == pa.struct([("label", pa.string()), ("count", pa.int64())])
     assert all(isinstance(r["safe"], bool) for (_, task), r in rows.items() if task == "tags" and r["status"] == "ok")
+
+
+def test_kill_9_mid_run_then_a_rerun_gives_one_row_per_image_and_task(simulator, tmp_path, job):
+    from test_durability import start, wait_for_journal_rows
+
+    simulator.configure(latency=0.1, jitter=0.05)
+    manifest = helpers.image_manifest(tmp_path, 30)
+    out = tmp_path / "out.parquet"
+    process = start(manifest, out, simulator.base_url, "--job", job, "--concurrency", 4)
+    wait_for_journal_rows(out, 10)
+    process.kill()
+    process.wait()
+    result = subprocess.run([sys.executable, "-m", "pipeline", "caption", str(manifest), "-o", str(out), "--base-url",
+                             simulator.base_url, "--job", str(job), "--concurrency", "4"],
+                            env={**os.environ, "ANYFAST_API_KEY": KEY}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    keys = [(r["id"], r["task"]) for r in pq.read_table(out).to_pylist()]
+    assert len(keys) == len(set(keys)) == 60 and {t for _, t in keys} == {"short", "tags"}
+    assert simulator.stats()["requests"] <= 60 + 4 + 1  # at most the requests in flight at the kill were paid twice
