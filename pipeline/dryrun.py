@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -34,15 +35,19 @@ SAMPLED_ANSWERS = 100_000  # earlier answers read to ground the cost range (the 
 
 
 def _answer_lengths(config: JobConfig) -> tuple[int, int, str]:
-    """The answer lengths to price: those of this output's earlier answers from the same model when there are any
-    (10th to 90th percentile), else a quarter of --max-tokens to all of it."""
+    """The answer lengths to price: those of this output's earlier answers from the same model (and task) when there
+    are any (10th to 90th percentile), else a quarter of --max-tokens to all of it."""
     if isinstance(config.output, Path) and (config.output.exists() or journal_path(config.output).exists()):
         lengths = []
         try:
-            for batch in Output(config.output).batches(["status", "model", "completion_tokens"]):
+            for batch in Output(config.output).batches(["status", "model", "completion_tokens", "task"]):
                 if not {"model", "completion_tokens"} <= set(batch.schema.names):
                     break
                 mine = pc.and_(pc.equal(batch.column("status"), "ok"), pc.equal(batch.column("model"), config.model))
+                if config.task is not None:  # one task's answers, not another's
+                    if "task" not in batch.schema.names:
+                        continue
+                    mine = pc.and_(mine, pc.equal(batch.column("task"), config.task))
                 lengths.extend(pc.drop_null(pc.filter(batch.column("completion_tokens"), pc.fill_null(mine, False))).to_pylist())
                 if len(lengths) >= SAMPLED_ANSWERS:
                     break
@@ -52,6 +57,17 @@ def _answer_lengths(config: JobConfig) -> tuple[int, int, str]:
             p10, p90 = (int(v) for v in pc.quantile(pa.array(lengths), q=[0.1, 0.9], interpolation="nearest").to_pylist())
             return p10, max(p90, p10), f"10th to 90th percentile of {len(lengths):,} earlier answers in {config.output.name}"
     return config.max_tokens // 4, config.max_tokens, "a guess from --max-tokens; a first run grounds it in real answers"
+
+
+def _answer_tokens(tasks: dict[str | None, JobConfig], requests: Counter) -> tuple[int, int, str]:
+    """(fewest, most) answer tokens of `requests` (per task), and what the lengths are grounded on."""
+    low = high = 0
+    said = []
+    for name, n in requests.items():
+        shortest, longest, grounds = _answer_lengths(tasks[name])
+        low, high = low + n * shortest, high + n * longest
+        said.append(f"{shortest} to {longest} tokens each{'' if name is None else f' for {name}'}: {grounds}")
+    return low, high, "; ".join(said)
 
 
 async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[ManifestRow], progress: Progress, images: ImageLoader,
@@ -67,6 +83,7 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
     fingerprints = {name: fingerprinter(task) for name, task in tasks.items()}
     seen, answered = HashedSet(), answered if answered is not None else HashedSet()
     twin_tokens = 0  # input tokens of the rows dedupe answers without a request
+    sent, reused = Counter(), Counter()  # requests per task, and rows per task that dedupe answers
 
     async def check(row: ManifestRow) -> None:
         try:
@@ -87,8 +104,10 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
         if config.dedupe and key is not None and (key in answered or not seen.add(key)):
             progress.record({"status": "ok", "reused_from": image.sha256})
             twin_tokens += tokens
+            reused[row.task] += 1
             return
         progress.record({"status": "ok"})
+        sent[row.task] += 1
         input_tokens += tokens
         unknown_size += image.width is None
         if not example:
@@ -123,24 +142,22 @@ async def dry_run(config: JobConfig, manifest: Manifest, rows: Iterable[Manifest
     price = load_price(config.prices, config.model)
     if price is None:
         print(f"  estimated cost: {unpriced_note(config.model, config.prices)}")
-    elif c.ok - c.reused:
-        sent = c.ok - c.reused
-        low_answer, high_answer, grounds = _answer_lengths(config)
-        low = price.cost(input_tokens, sent * low_answer)
-        high = price.cost(input_tokens, sent * high_answer)
-        print(f"  estimated cost: ${low:.4f} to ${high:.4f} online (input ${price.cost(input_tokens, 0):.4f}; answers of "
-              f"{low_answer} to {high_answer} tokens each: {grounds})")
+    elif sent:
+        low_answers, high_answers, grounds = _answer_tokens(tasks, sent)
+        low = price.cost(input_tokens, low_answers)
+        high = price.cost(input_tokens, high_answers)
+        print(f"  estimated cost: ${low:.4f} to ${high:.4f} online (input ${price.cost(input_tokens, 0):.4f}; answers of {grounds})")
         batch = load_price(config.prices, config.model, batch=True)
         if batch is not None:
             mode = "--batch, as asked" if config.batch else "with --batch"
-            print(f"  estimated cost {mode}: ${batch.cost(input_tokens, sent * low_answer):.4f} to "
-                  f"${batch.cost(input_tokens, sent * high_answer):.4f} (answered within 24 h)")
+            print(f"  estimated cost {mode}: ${batch.cost(input_tokens, low_answers):.4f} to "
+                  f"${batch.cost(input_tokens, high_answers):.4f} (answered within 24 h)")
     if c.reused:
         saving = ""
         if price is not None:
-            low_answer, high_answer, _ = _answer_lengths(config)
-            saving = (f", saving ${price.cost(twin_tokens, c.reused * low_answer):.4f} to "
-                      f"${price.cost(twin_tokens, c.reused * high_answer):.4f} online")
+            low_answers, high_answers, _ = _answer_tokens(tasks, reused)
+            saving = (f", saving ${price.cost(twin_tokens, low_answers):.4f} to "
+                      f"${price.cost(twin_tokens, high_answers):.4f} online")
         print(f"  {c.reused} rows have the same image and settings as another row and would reuse its answer{saving} "
               "(--no-dedupe sends them too)")
     if example:

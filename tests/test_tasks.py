@@ -150,6 +150,8 @@ def test_the_dry_run_counts_a_row_per_task(tmp_path, job):
     assert "would send 4 requests" in result.stdout
     assert "2 tasks per image: short, tags" in result.stdout
     assert "task tags answers must follow the schema" in result.stdout
+    # Each task's answers priced by its own max_tokens (60 for short, the job's 300 for tags).
+    assert "15 to 60 tokens each for short" in result.stdout and "75 to 300 tokens each for tags" in result.stdout
 
 
 def test_newest_row_per_id_and_task_wins_across_journal_chunks_and_parts(tmp_path, monkeypatch):
