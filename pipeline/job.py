@@ -74,7 +74,8 @@ class CaptionJob:
         self.retry = RetryPolicy(max_retries=config.max_retries)
         self.tasks = {name: Task(task, fingerprinter(task), answer_schema(task)) for name, task in task_configs(config).items()}
         self._loading: dict[str, list] = {}  # id -> [its image loading, rows (tasks) yet to take it]
-        self.failures = FailureWatch(config.max_consecutive_failures)
+        # One watch per task: a task whose settings fail every row stops the run even while another task's rows succeed.
+        self.failures = {name: FailureWatch(config.max_consecutive_failures) for name in self.tasks}
         self.price = load_price(config.prices, config.model)
         self.budget = Budget(config.max_cost)
         self.refused: float | None = None  # the worst case of a request --max-cost did not let go
@@ -139,7 +140,7 @@ class CaptionJob:
     def _finish(self, result: OutputRow, error: PipelineError | None) -> None:
         self.writer.write(result)
         self.progress.record(result)
-        self.failures.check(error, result["error"] or "")
+        self.failures[result["task"]].check(error, result["error"] or "")
 
     async def _send(self, ready: ReadyRequest, reserved: list[float]) -> tuple[OutputRow, PipelineError | None]:
         row, image, fingerprint, answers = ready.row, ready.image, ready.fingerprint, ready.task.answers

@@ -325,3 +325,13 @@ def test_kill_9_mid_run_then_a_rerun_gives_one_row_per_image_and_task(simulator,
     keys = [(r["id"], r["task"]) for r in pq.read_table(out).to_pylist()]
     assert len(keys) == len(set(keys)) == 60 and {t for _, t in keys} == {"short", "tags"}
     assert simulator.stats()["requests"] <= 60 + 4 + 1  # at most the requests in flight at the kill were paid twice
+
+
+def test_a_task_that_fails_every_row_stops_the_run_while_the_other_succeeds(simulator, tmp_path, job):
+    simulator.configure(invalid_answers=100)  # every tags answer is invalid; the short task has no schema to break
+    manifest = helpers.image_manifest(tmp_path, 12)
+    summary, rows = run(manifest, tmp_path / "out.parquet", simulator, job, max_invalid=0, concurrency=2)
+    assert summary.exit_code == 3 and "setup looks wrong" in summary.aborted  # not 12 paid-for invalid answers
+    tags = [r for (_, task), r in rows.items() if task == "tags"]
+    assert 3 <= len(tags) < 12 and {r["error_type"] for r in tags} == {"invalid_output"}
+    assert any(r["status"] == "ok" for (_, task), r in rows.items() if task == "short")
