@@ -50,14 +50,14 @@ def task_configs(config: JobConfig) -> dict[str | None, JobConfig]:
     return {name: dataclasses.replace(config, **table, tasks={}, task=name) for name, table in config.tasks.items()}
 
 
-def answer_columns(config: JobConfig) -> pa.Schema | None:
-    """The typed columns of every task's structured answer, together (None: no task has a schema).
+def answer_columns(*configs: JobConfig) -> pa.Schema | None:
+    """The typed columns of every task's structured answer, together, for one job or several (None: no schema).
 
     Two tasks may share a column only with one type: the output is one table."""
     from .structured import answer_schema
 
     fields: dict[str, pa.Field] = {}
-    for name, task in task_configs(config).items():
+    for name, task in ((name, task) for config in configs for name, task in task_configs(config).items()):
         answers = answer_schema(task)
         for field in answers.arrow if answers is not None else ():
             if field.name in fields and fields[field.name].type != field.type:

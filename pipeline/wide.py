@@ -36,12 +36,11 @@ def wide_table(output: Output) -> pa.Table:
               if name in IMAGE_COLUMNS or (name not in OUTPUT_COLUMNS and _same_for_each_image(table.column(name), ids))]
     per_task = [name for name in table.column_names if name not in shared and name != "task"]
     columns: dict[str, pa.ChunkedArray | pa.Array] = {name: table.column(name).take(first) for name in shared}
-    for task in sorted({t for t in tasks if t is not None}) + ([None] if None in tasks else []):
-        at: list[int | None] = [None] * len(first)  # each image's row for this task, if it has one
-        for i, (row_id, t) in enumerate(zip(ids, tasks)):
-            if t == task:
-                at[order[row_id]] = i
-        positions = pa.array(at, pa.int64())
+    at: dict[str | None, list[int | None]] = {}  # per task, each image's row for it (None: the image has none)
+    for i, (row_id, task) in enumerate(zip(ids, tasks)):
+        at.setdefault(task, [None] * len(first))[order[row_id]] = i
+    for task in sorted(t for t in at if t is not None) + ([None] if None in at else []):
+        positions = pa.array(at[task], pa.int64())
         for name in per_task:
             column = table.column(name).take(positions)
             if column.null_count < len(column):

@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Iterable
-
-import pyarrow as pa
 
 from ..config import DEFAULT_PRICES, JobConfig
 from ..cost import load_price
@@ -41,7 +38,7 @@ async def _import(results_file: Path, output: Path | str, prices: Path) -> tuple
             ledger = Ledger.open(target.local)
             exported = [b for b in ledger.batches.values() if b.api == "file" and not b.done]
             configs = {b.key: JobConfig(model=b.model or JobConfig().model, prices=prices, **(b.answers or {})) for b in exported}
-            writer = ResultWriter(target.local, columns=_answer_columns(configs.values())).open()
+            writer = ResultWriter(target.local, columns=answer_columns(*configs.values())).open()
             matched: set[str] = set()
             written = left = 0
             try:
@@ -61,14 +58,6 @@ async def _import(results_file: Path, output: Path | str, prices: Path) -> tuple
                 writer.close()
                 target.publish()
     return written, left, len(set(results) - matched)
-
-
-def _answer_columns(configs: Iterable[JobConfig]) -> pa.Schema | None:
-    """The typed answer columns of every exported batch's schema (or tasks' schemas), together."""
-    fields: dict[str, pa.Field] = {}
-    for config in configs:
-        fields.update({f.name: f for f in answer_columns(config) or ()})
-    return pa.schema(list(fields.values())) if fields else None
 
 
 def _read(path: Path) -> dict[str, LineResult]:
